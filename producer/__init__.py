@@ -1,0 +1,1 @@
+"""Publish feature batches to Kafka as Open Inference Protocol (V2) requests."""

@@ -1,0 +1,409 @@
+"""The wire codec: Open Inference Protocol (KServe V2) requests and responses as Kafka values.
+
+A request value is the V2 JSON object. With Triton's binary extension, an input whose
+`parameters` has `binary_data_size: N` takes its data from N raw little-endian bytes that follow
+the JSON header, inputs in order; the header's length travels in the record header
+`inference-header-content-length` (the name Triton uses over HTTP).
+
+Decoding checks what the request says about itself (JSON, names, shapes, datatypes, limits);
+checking it against a model's signature is the worker's job (`worker.signature`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from schemas.errors import DecodeError, ValidationError
+
+BINARY_HEADER_LENGTH = "inference-header-content-length"
+
+#: V2 datatype -> numpy dtype. BYTES tensors hold Python `str`/`bytes` objects.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_DTYPE_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one record may ask for."""
+
+    max_record_bytes: int = 1_048_576
+    max_request_rows: int = 4096
+    allow_nonfinite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor: `data` is a numpy array of `shape`, typed as `datatype`."""
+
+    name: str
+    datatype: str
+    data: np.ndarray[Any, Any]
+    parameters: Mapping[str, Any] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """A decoded V2 request. `outputs` lists the requested output names (empty: all)."""
+
+    id: str | None
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[str, ...] = ()
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """The batch size: the first dimension shared by the inputs (1 for scalars)."""
+        first = self.inputs[0].data
+        return int(first.shape[0]) if first.ndim else 1
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    """A decoded V2 response (what a consumer of the results topic reads)."""
+
+    id: str
+    model_name: str
+    model_version: str | None
+    outputs: tuple[Tensor, ...]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def output(self, name: str) -> Tensor:
+        """The output called `name`."""
+        for tensor in self.outputs:
+            if tensor.name == name:
+                return tensor
+        raise KeyError(f"response {self.id!r} has no output {name!r}")
+
+
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
+    """The V2 datatype of a numpy array."""
+    if array.dtype.kind in ("U", "S", "O"):
+        return "BYTES"
+    try:
+        return _DTYPE_TO_DATATYPE[array.dtype]
+    except KeyError:
+        raise ValidationError(f"numpy dtype {array.dtype} has no V2 datatype") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def decode_request(
+    value: bytes | None, *, limits: Limits = Limits(), header_length: int | None = None
+) -> InferenceRequest:
+    """Decode a record value into a request, or raise DecodeError / ValidationError."""
+    if value is None or len(value) == 0:
+        raise DecodeError("the record value is empty (null or zero bytes); send a V2 request")
+    if len(value) > limits.max_record_bytes:
+        raise DecodeError(
+            f"the record value is {len(value)} bytes, over the limit of {limits.max_record_bytes}"
+            " (setting STREAMSCORE_MAX_RECORD_BYTES)"
+        )
+    header, binary = (value, b"") if header_length is None else _split_binary(value, header_length)
+    body = _load_json(header, limits)
+    if not isinstance(body, dict):
+        raise DecodeError(f"a V2 request is a JSON object, got a JSON {type(body).__name__}")
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise DecodeError("a V2 request needs a non-empty 'inputs' list")
+    inputs = _decode_inputs(raw_inputs, binary, limits)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise DecodeError(f"'id' must be a string, got {type(request_id).__name__}")
+    return InferenceRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs=_decode_requested_outputs(body.get("outputs")),
+        parameters=_decode_parameters(body.get("parameters"), "request"),
+    )
+
+
+def _split_binary(value: bytes, header_length: int) -> tuple[bytes, bytes]:
+    if not 0 < header_length <= len(value):
+        raise DecodeError(
+            f"header {BINARY_HEADER_LENGTH}={header_length} does not fit a value of {len(value)} bytes"
+        )
+    return value[:header_length], value[header_length:]
+
+
+def _load_json(text: bytes, limits: Limits) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        strict_error = error
+    # orjson follows RFC 8259; Python's json module also writes NaN and Infinity literals.
+    try:
+        body = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise DecodeError(f"the record value is not valid JSON: {strict_error}") from None
+    if not limits.allow_nonfinite:
+        raise ValidationError(
+            "the request holds NaN or Infinity; finite numbers only "
+            "(setting STREAMSCORE_ALLOW_NONFINITE=true accepts them)"
+        )
+    return body
+
+
+def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+        raise DecodeError("'outputs' must be a list of objects with a 'name'")
+    return tuple(o["name"] for o in raw)
+
+
+def _decode_parameters(raw: Any, where: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DecodeError(f"'parameters' of the {where} must be an object")
+    return raw
+
+
+def _decode_inputs(raw_inputs: list[Any], binary: bytes, limits: Limits) -> tuple[Tensor, ...]:
+    inputs: list[Tensor] = []
+    names: set[str] = set()
+    cursor = 0
+    for position, raw in enumerate(raw_inputs):
+        tensor, cursor = _decode_input(raw, position, binary, cursor, limits)
+        if tensor.name in names:
+            raise DecodeError(f"input {tensor.name!r} appears twice")
+        names.add(tensor.name)
+        inputs.append(tensor)
+    if cursor != len(binary):
+        raise DecodeError(f"{len(binary) - cursor} bytes of binary data follow the inputs unused")
+    rows = {t.data.shape[0] if t.data.ndim else 1 for t in inputs}
+    if len(rows) > 1:
+        raise ValidationError(f"inputs disagree on the batch size (first dimension): {sorted(rows)}")
+    if max(rows) > limits.max_request_rows:
+        raise ValidationError(
+            f"the request has {max(rows)} rows, over the limit of {limits.max_request_rows}"
+            " (setting STREAMSCORE_MAX_REQUEST_ROWS); split it into smaller requests"
+        )
+    return tuple(inputs)
+
+
+def _decode_input(
+    raw: Any, position: int, binary: bytes, cursor: int, limits: Limits
+) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise DecodeError(f"inputs[{position}] must be an object with name, shape, datatype, data")
+    name, shape, datatype = raw.get("name"), raw.get("shape"), raw.get("datatype")
+    if not isinstance(name, str) or not name:
+        raise DecodeError(f"inputs[{position}] has no 'name'")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise DecodeError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if datatype not in DATATYPES:
+        raise DecodeError(
+            f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}"
+        )
+    parameters = _decode_parameters(raw.get("parameters"), f"input {name!r}")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or cursor + size > len(binary):
+            raise DecodeError(f"input {name!r}: binary_data_size={size!r} overruns the binary data")
+        array = _array_from_binary(name, binary[cursor : cursor + size], shape, datatype)
+        cursor += size
+    else:
+        if "data" not in raw:
+            raise DecodeError(f"input {name!r} has no 'data'")
+        array = _array_from_json(name, raw["data"], shape, datatype)
+    if array.dtype.kind == "f" and not limits.allow_nonfinite and not np.isfinite(array).all():
+        raise ValidationError(
+            f"input {name!r} holds NaN or Infinity; finite numbers only "
+            "(setting STREAMSCORE_ALLOW_NONFINITE=true accepts them)"
+        )
+    return Tensor(name, datatype, array, parameters or None), cursor
+
+
+def _array_from_binary(name: str, blob: bytes, shape: list[int], datatype: str) -> np.ndarray[Any, Any]:
+    if datatype == "BYTES":
+        raise ValidationError(f"input {name!r}: BYTES tensors must be sent as JSON data")
+    dtype = DATATYPES[datatype].newbyteorder("<")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(blob) != expected:
+        raise ValidationError(
+            f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(blob)}"
+        )
+    return np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False).reshape(shape)
+
+
+def _array_from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndarray[Any, Any]:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        raw = np.asarray(data)
+    except ValueError:
+        raise ValidationError(f"input {name!r}: 'data' is ragged (rows of different lengths)") from None
+    array = _cast(name, raw, datatype)
+    if array.size != math.prod(shape):
+        raise ValidationError(
+            f"input {name!r}: shape {shape} holds {math.prod(shape)} values, 'data' has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+_KINDS_ACCEPTED = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "O": "USO"}
+
+
+def _cast(name: str, raw: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
+    dtype = DATATYPES[datatype]
+    if raw.size == 0:
+        return raw.astype(dtype)
+    if raw.dtype.kind not in _KINDS_ACCEPTED[dtype.kind]:
+        raise ValidationError(
+            f"input {name!r}: datatype {datatype} cannot hold the values sent "
+            f"({_describe_kind(raw.dtype.kind)})"
+        )
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = raw.min(), raw.max()
+        if low < info.min or high > info.max:
+            raise ValidationError(
+                f"input {name!r}: values from {low} to {high} do not fit {datatype}"
+            )
+    if dtype.kind == "O":
+        return np.array(raw.tolist(), dtype=object)
+    return raw.astype(dtype, copy=False)
+
+
+def _describe_kind(kind: str) -> str:
+    return {
+        "f": "fractional numbers",
+        "i": "integers",
+        "u": "integers",
+        "b": "booleans",
+        "U": "strings",
+        "O": "mixed values or numbers too large",
+    }.get(kind, kind)
+
+
+def encode_request(
+    inputs: Mapping[str, Any] | Sequence[Tensor],
+    *,
+    id: str | None = None,
+    outputs: Sequence[str] = (),
+    parameters: Mapping[str, Any] | None = None,
+) -> bytes:
+    """A V2 request as JSON bytes, from `{name: array-like}` or from Tensors."""
+    tensors = (
+        [as_tensor(name, value) for name, value in inputs.items()]
+        if isinstance(inputs, Mapping)
+        else list(inputs)
+    )
+    body: dict[str, Any] = {"inputs": [_tensor_json(t) for t in tensors]}
+    if id is not None:
+        body["id"] = id
+    if outputs:
+        body["outputs"] = [{"name": name} for name in outputs]
+    if parameters:
+        body["parameters"] = dict(parameters)
+    return _dumps(body)
+
+
+def as_tensor(name: str, value: Any, datatype: str | None = None) -> Tensor:
+    """A Tensor from an array-like; the datatype follows the numpy dtype unless given."""
+    array = np.asarray(value)
+    if datatype is not None:
+        array = array.astype(DATATYPES[datatype], copy=False)
+    elif array.dtype.kind in "US":
+        array = array.astype(object)
+    return Tensor(name, datatype or datatype_of(array), array)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def encode_response(
+    *,
+    id: str,
+    model_name: str,
+    model_version: str,
+    outputs: Sequence[Tensor],
+    parameters: Mapping[str, Any] | None = None,
+) -> bytes:
+    """A V2 response as JSON bytes. Non-finite output values are written as null."""
+    body: dict[str, Any] = {
+        "id": id,
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [_tensor_json(t) for t in outputs],
+    }
+    if parameters:
+        body["parameters"] = dict(parameters)
+    return _dumps(body)
+
+
+def decode_response(value: bytes) -> InferenceResponse:
+    """Decode a V2 response (as a consumer of the results topic would)."""
+    try:
+        body = orjson.loads(value)
+        outputs = tuple(
+            Tensor(
+                o["name"],
+                o["datatype"],
+                _array_from_json(o["name"], o["data"], o["shape"], o["datatype"])
+                if o["datatype"] != "BYTES"
+                else np.array(o["data"], dtype=object).reshape(o["shape"]),
+                o.get("parameters"),
+            )
+            for o in body["outputs"]
+        )
+        return InferenceResponse(
+            id=body["id"],
+            model_name=body["model_name"],
+            model_version=body.get("model_version"),
+            outputs=outputs,
+            parameters=body.get("parameters") or {},
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise DecodeError(f"not a V2 response: {error!r}") from None
+
+
+def _tensor_json(tensor: Tensor) -> dict[str, Any]:
+    data = tensor.data
+    flat: Any
+    if data.dtype.kind == "O" or data.dtype.kind in "US":
+        flat = [v.decode() if isinstance(v, bytes) else v for v in data.reshape(-1).tolist()]
+    else:
+        flat = np.ascontiguousarray(data).reshape(-1)
+    out: dict[str, Any] = {
+        "name": tensor.name,
+        "shape": list(data.shape),
+        "datatype": tensor.datatype,
+        "data": flat,
+    }
+    if tensor.parameters:
+        out["parameters"] = dict(tensor.parameters)
+    return out
+
+
+def _dumps(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

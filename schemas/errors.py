@@ -1,0 +1,93 @@
+"""The exceptions of streamscore, one tree.
+
+    StreamscoreError
+    ├── RecordError                 a record cannot be scored; permanent: dead-letter it at once
+    │   ├── DecodeError             stage "decode":   empty, oversized, not JSON, not a V2 request
+    │   ├── ValidationError         stage "validate": names, shapes, datatypes, row limits, NaN
+    │   ├── ModelNotFoundError      stage "validate": no such model, or no such version
+    │   └── InferenceError          stage "infer":    onnxruntime raised on this record alone
+    ├── TransientError              retriable: the same call may succeed later
+    │   ├── BrokerUnavailableError  the broker could not be reached or timed out
+    │   └── ProduceError            a result or dead letter was not acknowledged (retriable cause)
+    ├── ResultRejectedError         stage "produce": the broker refused a result for good
+    │                               (too large, invalid); the input is dead-lettered instead
+    ├── ModelLoadError              a model file is missing, unreadable or not runnable
+    ├── ConfigError                 a setting is missing or invalid; fix the environment or flags
+    └── FatalError                  the worker must stop without committing (dead letter lost)
+
+`retriable` says whether retrying the same operation can help; the retry policy is
+`retry_if_exception(lambda e: getattr(e, "retriable", False))`. `stage` says where a
+record failed, and becomes the `streamscore-stage` header of its dead letter.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class StreamscoreError(Exception):
+    """Base of every error streamscore raises on purpose."""
+
+    retriable: ClassVar[bool] = False
+
+
+class RecordError(StreamscoreError):
+    """A record that cannot be scored; it goes to the dead-letter topic with the reason."""
+
+    stage: ClassVar[str] = "decode"
+
+
+class DecodeError(RecordError):
+    """The record value is not a readable V2 inference request."""
+
+    stage = "decode"
+
+
+class ValidationError(RecordError):
+    """The request is well formed but does not fit the model or the limits."""
+
+    stage = "validate"
+
+
+class ModelNotFoundError(RecordError):
+    """The request names a model, or pins a version, that this worker cannot serve."""
+
+    stage = "validate"
+
+
+class InferenceError(RecordError):
+    """onnxruntime raised while scoring this record on its own."""
+
+    stage = "infer"
+
+
+class ResultRejectedError(RecordError):
+    """The broker refused the result for good (for example: larger than the topic allows)."""
+
+    stage = "produce"
+
+
+class TransientError(StreamscoreError):
+    """A failure that may pass: retried with backoff, bounded in attempts and time."""
+
+    retriable = True
+
+
+class BrokerUnavailableError(TransientError):
+    """The Kafka broker could not be reached, or did not answer in time."""
+
+
+class ProduceError(TransientError):
+    """A record was not acknowledged by the broker for a reason that may pass."""
+
+
+class ModelLoadError(StreamscoreError):
+    """A model file is missing, unreadable, or onnxruntime cannot run it."""
+
+
+class ConfigError(StreamscoreError):
+    """A setting is missing or invalid."""
+
+
+class FatalError(StreamscoreError):
+    """The worker cannot keep its promise (a dead letter was not written); it stops uncommitted."""

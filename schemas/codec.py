@@ -21,8 +21,7 @@ import numpy as np
 import orjson
 
 from schemas.errors import DecodeError, ValidationError
-
-BINARY_HEADER_LENGTH = "inference-header-content-length"
+from schemas.headers import BINARY_HEADER_LENGTH
 
 #: V2 datatype -> numpy dtype. BYTES tensors hold Python `str`/`bytes` objects.
 DATATYPES: dict[str, np.dtype[Any]] = {

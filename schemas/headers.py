@@ -1,0 +1,73 @@
+"""Kafka record header names of the contract, and their encodings.
+
+Requests may carry:
+    streamscore-model          the model to score with (default: the worker's default model)
+    streamscore-model-version  pin a version of that model
+    inference-header-content-length
+                               length of the JSON header when binary tensor data follows it
+    mlserver-model, mlserver-version
+                               MLServer's names for the first two, accepted as well
+
+Results carry the correlation headers of their request (traceparent, ...) and
+    streamscore-model, streamscore-model-version
+
+Dead letters keep the request's headers byte for byte and add Spring Kafka's `kafka_dlt-*`
+headers (binary ints and longs are big-endian) and ours, `streamscore-*` (UTF-8 text).
+"""
+
+from __future__ import annotations
+
+import struct
+
+MODEL = "streamscore-model"
+MODEL_VERSION = "streamscore-model-version"
+MODEL_ALIASES = (MODEL, "mlserver-model")
+MODEL_VERSION_ALIASES = (MODEL_VERSION, "mlserver-version")
+BINARY_HEADER_LENGTH = "inference-header-content-length"
+
+# Spring Kafka (KafkaHeaders.DLT_*)
+DLT_ORIGINAL_TOPIC = "kafka_dlt-original-topic"
+DLT_ORIGINAL_PARTITION = "kafka_dlt-original-partition"
+DLT_ORIGINAL_OFFSET = "kafka_dlt-original-offset"
+DLT_ORIGINAL_TIMESTAMP = "kafka_dlt-original-timestamp"
+DLT_ORIGINAL_TIMESTAMP_TYPE = "kafka_dlt-original-timestamp-type"
+DLT_ORIGINAL_CONSUMER_GROUP = "kafka_dlt-original-consumer-group"
+DLT_EXCEPTION_FQCN = "kafka_dlt-exception-fqcn"
+DLT_EXCEPTION_CAUSE_FQCN = "kafka_dlt-exception-cause-fqcn"
+DLT_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
+DLT_EXCEPTION_STACKTRACE = "kafka_dlt-exception-stacktrace"
+
+# Ours
+STAGE = "streamscore-stage"
+ERROR = "streamscore-error"
+ATTEMPTS = "streamscore-attempts"
+WORKER = "streamscore-worker"
+MODEL_SHA256 = "streamscore-model-sha256"
+
+TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
+
+
+def encode_int(value: int) -> bytes:
+    """A 4-byte big-endian int, as Spring writes the original partition."""
+    return struct.pack(">i", value)
+
+
+def encode_long(value: int) -> bytes:
+    """An 8-byte big-endian long, as Spring writes the original offset and timestamp."""
+    return struct.pack(">q", value)
+
+
+def decode_int(raw: bytes) -> int:
+    return int(struct.unpack(">i", raw)[0])
+
+
+def decode_long(raw: bytes) -> int:
+    return int(struct.unpack(">q", raw)[0])
+
+
+def first(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], names: tuple[str, ...]) -> str | None:
+    """The UTF-8 value of the first header called one of `names`, or None."""
+    for key, value in headers:
+        if key in names and value is not None:
+            return value.decode("utf-8", errors="replace")
+    return None

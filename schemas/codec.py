@@ -172,7 +172,9 @@ def _load_json(text: bytes, limits: Limits) -> Any:
 def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+    if not isinstance(raw, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
+    ):
         raise DecodeError("'outputs' must be a list of objects with a 'name'")
     return tuple(o["name"] for o in raw)
 
@@ -208,9 +210,7 @@ def _decode_inputs(raw_inputs: list[Any], binary: bytes, limits: Limits) -> tupl
     return tuple(inputs)
 
 
-def _decode_input(
-    raw: Any, position: int, binary: bytes, cursor: int, limits: Limits
-) -> tuple[Tensor, int]:
+def _decode_input(raw: Any, position: int, binary: bytes, cursor: int, limits: Limits) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise DecodeError(f"inputs[{position}] must be an object with name, shape, datatype, data")
     name, shape, datatype = raw.get("name"), raw.get("shape"), raw.get("datatype")
@@ -219,9 +219,7 @@ def _decode_input(
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise DecodeError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if datatype not in DATATYPES:
-        raise DecodeError(
-            f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}"
-        )
+        raise DecodeError(f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
     parameters = _decode_parameters(raw.get("parameters"), f"input {name!r}")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -284,9 +282,7 @@ def _cast(name: str, raw: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any
         info = np.iinfo(dtype)
         low, high = raw.min(), raw.max()
         if low < info.min or high > info.max:
-            raise ValidationError(
-                f"input {name!r}: values from {low} to {high} do not fit {datatype}"
-            )
+            raise ValidationError(f"input {name!r}: values from {low} to {high} do not fit {datatype}")
     if dtype.kind == "O":
         return np.array(raw.tolist(), dtype=object)
     return raw.astype(dtype, copy=False)

@@ -12,7 +12,8 @@ Results carry the correlation headers of their request (traceparent, ...) and
     streamscore-model, streamscore-model-version
 
 Dead letters keep the request's headers byte for byte and add Spring Kafka's `kafka_dlt-*`
-headers (binary ints and longs are big-endian) and ours, `streamscore-*` (UTF-8 text).
+headers (binary ints and longs are big-endian) and ours, `streamscore-dlt-*` (UTF-8 text):
+stage, error, attempts, worker, model, model-version, model-sha256.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ DLT_EXCEPTION_CAUSE_FQCN = "kafka_dlt-exception-cause-fqcn"
 DLT_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
 DLT_EXCEPTION_STACKTRACE = "kafka_dlt-exception-stacktrace"
 
-# Ours
-STAGE = "streamscore-stage"
-ERROR = "streamscore-error"
-ATTEMPTS = "streamscore-attempts"
-WORKER = "streamscore-worker"
-MODEL_SHA256 = "streamscore-model-sha256"
+# Ours, on dead letters: a replay strips every `kafka_dlt-*` and `streamscore-dlt-*` header
+DLT_PREFIXES = ("kafka_dlt-", "streamscore-dlt-")
+DLT_STAGE = "streamscore-dlt-stage"
+DLT_ERROR = "streamscore-dlt-error"
+DLT_ATTEMPTS = "streamscore-dlt-attempts"
+DLT_WORKER = "streamscore-dlt-worker"
+DLT_MODEL = "streamscore-dlt-model"
+DLT_MODEL_VERSION = "streamscore-dlt-model-version"
+DLT_MODEL_SHA256 = "streamscore-dlt-model-sha256"
 
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 
@@ -65,7 +69,9 @@ def decode_long(raw: bytes) -> int:
     return int(struct.unpack(">q", raw)[0])
 
 
-def first(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], names: tuple[str, ...]) -> str | None:
+def first(
+    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], names: tuple[str, ...]
+) -> str | None:
     """The UTF-8 value of the first header called one of `names`, or None."""
     for key, value in headers:
         if key in names and value is not None:

@@ -84,8 +84,15 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_rows", "max_in_flight", "max_record_bytes", "max_request_rows",
-                     "retry_attempts", "processes", "intra_op_threads"):
+        for name in (
+            "max_batch_rows",
+            "max_in_flight",
+            "max_record_bytes",
+            "max_request_rows",
+            "retry_attempts",
+            "processes",
+            "intra_op_threads",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
@@ -182,9 +189,7 @@ def parse_value(name: str, raw: str, default: Any) -> Any:
         if isinstance(default, tuple):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(
-            f"{setting_name(name)}={raw!r} is not a valid {type(default).__name__}"
-        ) from None
+        raise ConfigError(f"{setting_name(name)}={raw!r} is not a valid {type(default).__name__}") from None
     return raw
 
 

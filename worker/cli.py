@@ -1,0 +1,96 @@
+"""The `streamscore` command: `worker`, `produce`, `broker`.
+
+This is the edge: it reads the environment and the flags once, builds the settings, and hands
+them on. Every worker setting has a flag named after it (`max_batch_rows` -> `--max-batch-rows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from worker.settings import Settings, from_sources, parse_value, setting_name
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for item in fields(Settings):
+        default = Settings.__dataclass_fields__[item.name].default
+        flag = "--" + item.name.replace("_", "-")
+        env = setting_name(item.name)
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"env {env} (default {str(default).lower()})",
+            )
+        else:
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            parser.add_argument(
+                flag,
+                default=None,
+                metavar=item.name.upper(),
+                type=lambda raw, n=item.name, d=default: parse_value(n, raw, d),
+                help=f"env {env} (default {shown!r})",
+            )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from broker import cli as broker_cli
+    from producer import cli as producer_cli
+
+    parser = argparse.ArgumentParser(
+        prog="streamscore", description="Serve ONNX models over Kafka with the Open Inference Protocol."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser(
+        "worker",
+        help="score records: N processes in one consumer group",
+        description="Consume V2 requests, score them with the model, produce results and dead letters.",
+    )
+    _add_setting_flags(worker)
+    producer_cli.add_parser(commands)
+    broker_cli.add_parser(commands)
+    return parser
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """`streamscore worker`: build the settings, check the model, supervise the processes."""
+    from worker.logs import configure_logging
+    from worker.model import ModelStore
+    from worker.supervisor import Supervisor
+
+    overrides = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
+    settings = from_sources(os.environ, overrides)
+    configure_logging(settings.log_format, settings.log_level, role="supervisor")
+    ModelStore(
+        settings.model_root_path, default_name=settings.model_name, pinned_version=settings.model_version
+    ).resolve(None, None)
+    return Supervisor(settings).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `streamscore` console command."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "worker":
+            return run_worker(args)
+        from broker import cli as broker_cli
+        from producer import cli as producer_cli
+
+        handlers: dict[str, Any] = {"produce": producer_cli.run, "broker": broker_cli.run}
+        return int(handlers[args.command](args))
+    except (ConfigError, ModelLoadError, ModelNotFoundError) as error:
+        print(f"streamscore {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

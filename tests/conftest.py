@@ -1,0 +1,61 @@
+"""Shared fixtures: a real local Kafka broker for the session, unique topics and groups per test.
+
+The broker runs from `broker/local.py` on ports 19092/19093 (never the demo broker's 9092),
+with its data in a fresh temporary folder and its jars in `<repo>/.kafka/libs` (downloaded once).
+It starts on first use by a `kafka`-marked test and stops when the session ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import local
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PORT = 19092
+TEST_CONTROLLER_PORT = 19093
+
+MakeTopics = Callable[..., Awaitable[list[str]]]
+
+
+@pytest.fixture(scope="session")
+def kafka_config(tmp_path_factory: pytest.TempPathFactory) -> local.BrokerConfig:
+    """Where the session's broker keeps its data (fresh) and jars (shared cache)."""
+    return local.BrokerConfig(
+        home=tmp_path_factory.mktemp("kafka"),
+        port=TEST_PORT,
+        controller_port=TEST_CONTROLLER_PORT,
+        libs=REPO / ".kafka" / "libs",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_config: local.BrokerConfig) -> Iterator[str]:
+    """The bootstrap address of a local broker that runs for the whole session."""
+    try:  # a broker that fails to answer in time is stopped too
+        yield local.start(kafka_config, timeout_s=120.0)
+    finally:
+        local.stop(kafka_config)
+
+
+@pytest.fixture
+def make_topics(kafka_bootstrap: str) -> MakeTopics:
+    """An async factory: `await make_topics("in", "out", partitions=3)` -> unique topic names."""
+
+    async def make(*suffixes: str, partitions: int = 3) -> list[str]:
+        prefix = f"t-{uuid.uuid4().hex[:8]}"
+        names = [f"{prefix}-{suffix}" for suffix in suffixes]
+        await local.create_topics(kafka_bootstrap, names, partitions)
+        return names
+
+    return make
+
+
+@pytest.fixture
+def unique_group() -> str:
+    """A consumer group id no other test uses."""
+    return f"g-{uuid.uuid4().hex[:8]}"

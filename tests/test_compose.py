@@ -1,0 +1,140 @@
+"""docker-compose.yml agrees with the code: real settings, created topics, reachable broker."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.settings import Settings, from_sources, setting_names
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    """The services of docker-compose.yml."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    return dict(compose["services"])
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping, whether written as a mapping or a list."""
+    raw = service.get("environment", {})
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {str(key): str(value) for key, value in raw.items()}
+
+
+def worker_settings(services: dict[str, Any]) -> Settings:
+    """The settings a worker container reads from its compose environment."""
+    return from_sources(environment(services["worker"]))
+
+
+def created_topics(services: dict[str, Any]) -> dict[str, int]:
+    """Topic name -> partitions, from the `kafka-topics.sh --create` lines of the topics service."""
+    script = "\n".join(services["topics"]["command"])
+    topics = {}
+    for line in script.splitlines():
+        if "kafka-topics.sh" in line and "--create" in line:
+            name = re.search(r"--topic\s+(\S+)", line)
+            partitions = re.search(r"--partitions\s+(\d+)", line)
+            assert name and partitions, line
+            topics[name.group(1)] = int(partitions.group(1))
+    return topics
+
+
+def advertised_addresses(services: dict[str, Any]) -> set[str]:
+    """The host:port pairs the kafka service advertises to clients."""
+    listeners = environment(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
+    return {listener.split("://", 1)[1] for listener in listeners.split(",")}
+
+
+def flag(command: list[str], name: str) -> str:
+    """The value after `name` in an exec-form command."""
+    return command[command.index(name) + 1]
+
+
+def test_services_exist(services: dict[str, Any]) -> None:
+    """The compose file defines the kafka, topics, worker and producer services."""
+    assert {"kafka", "topics", "worker", "producer"} <= set(services)
+
+
+def test_kafka_is_the_apache_image_in_kraft_mode(services: dict[str, Any]) -> None:
+    """The broker is apache/kafka, one node acting as broker and controller, health-checked."""
+    kafka = services["kafka"]
+    env = environment(kafka)
+
+    assert kafka["image"].startswith("apache/kafka:")
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+
+
+def test_worker_runs_two_replicas(services: dict[str, Any]) -> None:
+    """Two worker replicas share the input topic's partitions."""
+    assert services["worker"]["deploy"]["replicas"] == 2
+
+
+def test_every_streamscore_variable_is_a_setting(services: dict[str, Any]) -> None:
+    """Each STREAMSCORE_* variable in the compose file is one the worker reads."""
+    known = set(setting_names())
+    used = {
+        name
+        for service in services.values()
+        for name in environment(service)
+        if name.startswith("STREAMSCORE_")
+    }
+
+    assert used
+    assert set() == used - known
+
+
+def test_worker_topics_are_created(services: dict[str, Any]) -> None:
+    """The input, results and dead-letter topics of the worker are created by the topics service."""
+    settings = worker_settings(services)
+    topics = created_topics(services)
+
+    assert set() == {
+        settings.input_topic,
+        settings.results_topic,
+        settings.dead_letter_topic_name,
+    } - set(topics)
+
+
+def test_input_topic_has_a_partition_per_replica(services: dict[str, Any]) -> None:
+    """The input topic has at least as many partitions as worker replicas, so none sits idle."""
+    partitions = created_topics(services)[worker_settings(services).input_topic]
+
+    assert partitions >= services["worker"]["deploy"]["replicas"]
+
+
+def test_worker_bootstrap_is_advertised(services: dict[str, Any]) -> None:
+    """The worker connects to an address the kafka service advertises."""
+    bootstrap = worker_settings(services).bootstrap_servers
+
+    assert bootstrap in advertised_addresses(services)
+
+
+def test_worker_waits_for_topics(services: dict[str, Any]) -> None:
+    """Workers start only after the topics service has created the topics."""
+    condition = services["worker"]["depends_on"]["topics"]["condition"]
+
+    assert condition == "service_completed_successfully"
+
+
+def test_producer_sends_to_the_worker_input(services: dict[str, Any]) -> None:
+    """The producer, on demand only, sends to the worker's input topic on an advertised address."""
+    producer = services["producer"]
+    command = producer["command"]
+    settings = worker_settings(services)
+
+    assert producer["profiles"] == ["produce"]
+    assert command[0] == "produce"
+    assert settings.input_topic == flag(command, "--topic")
+    assert flag(command, "--bootstrap-servers") in advertised_addresses(services)

@@ -1,12 +1,13 @@
 """Shared fixtures: a real local Kafka broker for the session, unique topics and groups per test.
 
-The broker runs from `broker/local.py` on ports 19092/19093 (never the demo broker's 9092),
+The broker runs from `broker/local.py` on two free ports (never the demo broker's 9092),
 with its data in a fresh temporary folder and its jars in `<repo>/.kafka/libs` (downloaded once).
 It starts on first use by a `kafka`-marked test and stops when the session ends.
 """
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,14 @@ import pytest
 from broker import local
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_PORT = 19092
-TEST_CONTROLLER_PORT = 19093
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (so parallel test sessions never collide)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
 
 MakeTopics = Callable[..., Awaitable[list[str]]]
 
@@ -27,8 +34,8 @@ def kafka_config(tmp_path_factory: pytest.TempPathFactory) -> local.BrokerConfig
     """Where the session's broker keeps its data (fresh) and jars (shared cache)."""
     return local.BrokerConfig(
         home=tmp_path_factory.mktemp("kafka"),
-        port=TEST_PORT,
-        controller_port=TEST_CONTROLLER_PORT,
+        port=free_port(),
+        controller_port=free_port(),
         libs=REPO / ".kafka" / "libs",
     )
 

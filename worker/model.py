@@ -133,7 +133,7 @@ def load_model(path: Path, name: str, version: str, *, intra_op_threads: int = 1
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach the dead letter; keep stderr for ours
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:

@@ -32,7 +32,7 @@ def retrying(attempts: int, max_seconds: float, sleep: Sleep = asyncio.sleep) ->
     return AsyncRetrying(
         retry=retry_if_exception(is_retriable),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5),
         sleep=sleep,
         reraise=True,
     )

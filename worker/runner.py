@@ -85,13 +85,14 @@ class Worker:
         self.producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._joined = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
         """Start, work until stopped or drained, shut down. Returns the process exit code."""
-        await self.startup()
         try:
+            await self.startup()
             await self.main_loop()
         finally:
             drained = await self.shutdown()
@@ -125,6 +126,7 @@ class Worker:
             enable_idempotence=True,
             linger_ms=PRODUCER_LINGER_MS,
             max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+            request_timeout_ms=s.request_timeout_ms,
             client_id=f"streamscore-{s.worker_name}",
         )
         self.consumer = AIOKafkaConsumer(
@@ -135,10 +137,14 @@ class Worker:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
+            request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
         )
         self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
         await self._connect(self.producer.start, "producer")
         await self._connect(self.consumer.start, "consumer")
+        self._joined = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.score_loop()), loop.create_task(self.commit_loop())]
         log.info(
@@ -199,7 +205,7 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.fatal is None:
+        if self.fatal is None and self._joined:
             await self.commit()
         if not drained:
             log.warning(
@@ -452,7 +458,8 @@ class Worker:
         await self._wait_until(lambda: self.tracker.in_flight(revoked) == 0, deadline)
         await self.commit(revoked)
         self.tracker.forget(revoked)
-        log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        if revoked:
+            log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     async def _wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
         while not condition():
@@ -471,4 +478,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

@@ -33,6 +33,8 @@ DEFAULT_MAX_RECORD_BYTES = 1_048_576
 DEFAULT_MAX_REQUEST_ROWS = 4096
 DEFAULT_COMMIT_INTERVAL_MS = 500.0
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
+DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_RETRY_ATTEMPTS = 5
 DEFAULT_RETRY_MAX_S = 30.0
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
@@ -71,6 +73,8 @@ class Settings:
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
     allow_nonfinite: bool = False
     correlation_headers: tuple[str, ...] = DEFAULT_CORRELATION_HEADERS
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS  # one Kafka request, metadata included
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS  # a silent worker leaves the group after this
     # Retries of transient failures
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
     retry_max_s: float = DEFAULT_RETRY_MAX_S

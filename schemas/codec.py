@@ -157,10 +157,21 @@ def _load_json(text: bytes, limits: Limits) -> Any:
     except orjson.JSONDecodeError as error:
         strict_error = error
     # orjson follows RFC 8259; Python's json module also writes NaN and Infinity literals.
+    nonfinite: list[float] = []
+
+    def number(text: str) -> float:
+        value = float(text)  # NaN, Infinity, and numbers too large for a double (1e400)
+        if not math.isfinite(value):
+            nonfinite.append(value)
+        return value
+
     try:
-        body = json.loads(text)
+        body = json.loads(text, parse_constant=number, parse_float=number)
     except (ValueError, UnicodeDecodeError):
         raise DecodeError(f"the record value is not valid JSON: {strict_error}") from None
+    if not nonfinite:
+        # json read what orjson refused for another reason (a BOM, a lone surrogate): not NaN
+        raise DecodeError(f"the record value is not valid JSON: {strict_error}")
     if not limits.allow_nonfinite:
         raise ValidationError(
             "the request holds NaN or Infinity; finite numbers only "
@@ -258,12 +269,22 @@ def _array_from_json(name: str, data: Any, shape: list[int], datatype: str) -> n
         raw = np.asarray(data)
     except ValueError:
         raise ValidationError(f"input {name!r}: 'data' is ragged (rows of different lengths)") from None
+    if raw.dtype.kind == "f" and datatype == "UINT64":
+        raw = _as_uint64(data, raw)
     array = _cast(name, raw, datatype)
     if array.size != math.prod(shape):
         raise ValidationError(
             f"input {name!r}: shape {shape} holds {math.prod(shape)} values, 'data' has {array.size}"
         )
     return array.reshape(shape)
+
+
+def _as_uint64(data: Any, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    # numpy reads [0, 2**63] (an int64 and a uint64 value) as float64; keep such integers exact
+    values = np.asarray(data, dtype=object).reshape(-1).tolist()
+    if all(type(v) is int and 0 <= v < 2**64 for v in values):
+        return np.array(values, dtype=np.uint64).reshape(raw.shape)
+    return raw
 
 
 _KINDS_ACCEPTED = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "O": "USO"}

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -22,6 +22,8 @@ Sleep = Callable[[float], Awaitable[Any]]
 
 def is_retriable(error: BaseException) -> bool:
     """Whether retrying the same operation may succeed (ours and aiokafka's errors say so)."""
+    if isinstance(error, KafkaTimeoutError):  # a send not done in time; aiokafka marks it not retriable
+        return True
     if isinstance(error, StreamscoreError | KafkaError):
         return bool(error.retriable)
     return isinstance(error, asyncio.TimeoutError | ConnectionError)

@@ -1,0 +1,44 @@
+"""Plain factories shared by the unit tests (fixtures live in conftest.py, owned elsewhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from worker.records import InputRecord
+
+
+def make_record(
+    value: bytes | None = b"{}",
+    *,
+    topic: str = "requests",
+    partition: int = 0,
+    offset: int = 0,
+    key: bytes | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    timestamp: int = 1_700_000_000_000,
+    timestamp_type: int = 0,
+) -> InputRecord:
+    """An input record with sensible defaults."""
+    return InputRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        value=value,
+        key=key,
+        headers=tuple(headers),
+        timestamp=timestamp,
+        timestamp_type=timestamp_type,
+    )
+
+
+def v2_input(name: str, datatype: str, shape: list[int], data: Any, **extra: Any) -> dict[str, Any]:
+    """One V2 input object, as JSON would hold it."""
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data, **extra}
+
+
+def v2_body(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    """A V2 request body (JSON bytes) holding `inputs`."""
+    return orjson.dumps({"inputs": list(inputs), **extra})

@@ -1,0 +1,360 @@
+"""From record to outcome with real tiny ONNX models: signature checks, batch scoring, model store."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from demo import models as demo
+from schemas import headers as h
+from schemas.codec import Limits, decode_request, decode_response, encode_request
+from schemas.errors import InferenceError, ModelNotFoundError, ValidationError
+from tests.factories import make_record
+from worker.model import InputSpec, LoadedModel, ModelStore, OutputSpec
+from worker.pipeline import decode, make_item, score_batch
+from worker.records import DeadLetter, Item, Result
+from worker.signature import check_request
+
+FEATURES = 8  # demo.make_mlp's default
+CORRELATION = ("traceparent",)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding every demo model (built once for this module)."""
+    root = tmp_path_factory.mktemp("models")
+    demo.install_model(root, "mlp", "1", demo.make_mlp)
+    demo.install_model(root, "mlp", "9", demo.make_mlp, scale=2.0)
+    demo.install_model(root, "mlp", "10", demo.make_mlp, scale=3.0)
+    demo.install_model(root, "sklearn", "1", demo.make_sklearn_classifier)
+    demo.install_model(root, "failing", "1", demo.make_failing_model)
+    demo.install_model(root, "fixed", "1", demo.make_fixed_batch_model)
+    demo.install_model(root, "ints", "1", demo.make_int_model)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(root: Path) -> ModelStore:
+    """A store over the demo repository; the MLP is the default model."""
+    return ModelStore(root, default_name="mlp")
+
+
+def _load(store: ModelStore, name: str, version: str | None = None) -> LoadedModel:
+    return store.load(*store.resolve(name, version))
+
+
+def _item(
+    model: LoadedModel,
+    inputs: Mapping[str, Any],
+    *,
+    offset: int = 0,
+    outputs: Sequence[str] = (),
+    request_id: str | None = None,
+    **record: Any,
+) -> Item:
+    value = encode_request(inputs, id=request_id, outputs=outputs)
+    return make_item(make_record(value, offset=offset, **record), decode_request(value), model)
+
+
+def _rows(count: int, seed: int, features: int = FEATURES) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, features)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signature checks
+
+
+class NoSession:
+    """A session that is never run (signature checks only)."""
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]:
+        raise AssertionError("not expected to run")
+
+
+def _f32(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+TWO_INPUTS = LoadedModel(
+    "two",
+    "1",
+    "0" * 64,
+    NoSession(),
+    (InputSpec("a", "FP32", (None, 2)), InputSpec("b", "INT64", (None,))),
+    (OutputSpec("y", "tensor", "FP32"),),
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param({"a": _f32([[1, 2]]), "c": [1]}, "unknown input 'c' for model two", id="unknown-input"),
+        pytest.param({"a": _f32([[1, 2]])}, "missing input 'b' for model two", id="missing-input"),
+        pytest.param(
+            {"a": [[1, 2]], "b": [1]}, "input 'a' is INT64; model two version 1 takes FP32", id="dtype"
+        ),
+        pytest.param({"a": _f32([[1, 2, 3]]), "b": [1]}, r"shape \[1, 3\]; .* takes \[-1, 2\]", id="shape"),
+        pytest.param({"a": _f32([1, 2]), "b": [1, 2]}, r"shape \[2\]; .* takes \[-1, 2\]", id="rank"),
+    ],
+)
+def test_check_request_rejects_what_the_signature_does_not_take(body: dict[str, Any], message: str) -> None:
+    """Unknown or missing inputs, wrong datatypes and wrong shapes raise ValidationError."""
+    request = decode_request(encode_request(body))
+
+    with pytest.raises(ValidationError, match=message):
+        check_request(request, TWO_INPUTS)
+
+
+def test_check_request_rejects_unknown_requested_outputs() -> None:
+    """Asking for an output the model does not give raises ValidationError naming the outputs."""
+    request = decode_request(encode_request({"a": _f32([[1, 2]]), "b": [1]}, outputs=["z"]))
+
+    with pytest.raises(ValidationError, match="unknown output 'z'; model two gives 'y'"):
+        check_request(request, TWO_INPUTS)
+
+
+def test_fixed_batch_model_rejects_two_rows(store: ModelStore) -> None:
+    """A model whose batch dimension is 1 refuses a request of two rows."""
+    request = decode_request(encode_request({"x": np.ones((2, 4), dtype=np.float32)}))
+
+    with pytest.raises(ValidationError, match=r"shape \[2, 4\]; model fixed version 1 takes \[1, 4\]"):
+        check_request(request, _load(store, "fixed"))
+
+
+def test_make_item_checks_the_request(store: ModelStore) -> None:
+    """make_item raises ValidationError for a request the model cannot take (INT64 for FP32)."""
+    value = encode_request({"x": np.ones((1, FEATURES), dtype=np.int64)})
+
+    with pytest.raises(ValidationError, match="input 'x' is INT64"):
+        make_item(make_record(value), decode_request(value), _load(store, "mlp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch scoring
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row_counts=st.lists(st.integers(1, 5), min_size=1, max_size=6), seed=st.integers(0, 1000))
+def test_batch_scores_like_each_record_alone(store: ModelStore, row_counts: list[int], seed: int) -> None:
+    """One Result per item, in order, with the item's id, the model, and its own rows' outputs."""
+    model = _load(store, "mlp")
+    items = [
+        _item(model, {"x": _rows(n, seed + i)}, offset=i, request_id=f"req-{i}")
+        for i, n in enumerate(row_counts)
+    ]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert [f"req-{i}" for i in range(len(items))] == [o.request_id for o in outcomes]
+    for item, outcome in zip(items, outcomes, strict=True):
+        assert isinstance(outcome, Result)
+        assert item.record is outcome.record
+        assert item.request_id.encode() == outcome.key
+        response = decode_response(outcome.value)
+        assert (item.request_id, "mlp", "10") == (response.id, response.model_name, response.model_version)
+        alone = model.run({"x": item.request.inputs[0].data})["probabilities"].data
+        np.testing.assert_allclose(alone, response.output("probabilities").data, rtol=1e-5, atol=1e-7)
+
+
+def test_request_without_id_uses_the_key_then_the_record_position(store: ModelStore) -> None:
+    """An id-less request is answered under its record key, else `<topic>-<partition>-<offset>`."""
+    model = _load(store, "mlp")
+    keyed = _item(model, {"x": _rows(1, 0)}, key=b"order-17")
+    unkeyed = _item(model, {"x": _rows(1, 1)}, topic="in", partition=2, offset=41)
+
+    outcomes = score_batch([keyed, unkeyed], CORRELATION)
+
+    assert ["order-17", "in-2-41"] == [decode_response(o.value).id for o in outcomes]  # type: ignore[union-attr]
+
+
+def test_one_failing_record_dead_letters_alone(store: ModelStore) -> None:
+    """A record that makes the model raise becomes a DeadLetter (stage infer); the others score."""
+    model = _load(store, "failing")
+    firsts = [1.0, 2.0, 100.0, 3.0, 9.0]  # the failing model raises when a first feature is >= 10
+    items = [
+        _item(model, {"x": np.array([[f, 0, 0, 0]], dtype=np.float32)}, offset=i, request_id=f"r{i}")
+        for i, f in enumerate(firsts)
+    ]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert [Result, Result, DeadLetter, Result, Result] == [type(o) for o in outcomes]
+    bad = outcomes[2]
+    assert isinstance(bad, DeadLetter)
+    assert isinstance(bad.error, InferenceError)
+    assert "infer" == bad.error.stage
+    assert ("r2", items[2].record) == (bad.request_id, bad.record)
+    assert ("failing", "1", model.sha256) == bad.model
+    good = [decode_response(o.value) for o in outcomes if isinstance(o, Result)]
+    assert [[[1.0]], [[2.0]], [[3.0]], [[9.0]]] == [r.output("y").data.tolist() for r in good]
+
+
+def test_fixed_batch_model_scores_a_batch_one_record_at_a_time(store: ModelStore) -> None:
+    """A batch the fixed-batch model refuses as a whole is split until every record scores alone."""
+    model = _load(store, "fixed")
+    items = [_item(model, {"x": np.full((1, 4), i, dtype=np.float32)}, offset=i) for i in range(3)]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert all(isinstance(o, Result) for o in outcomes)
+    totals = [decode_response(o.value).output("y").data.tolist() for o in outcomes]  # type: ignore[union-attr]
+    assert [[[0.0]], [[4.0]], [[8.0]]] == totals
+
+
+def test_int_model_batch(store: ModelStore) -> None:
+    """INT64 inputs of several records are batched and each gets its own row sums."""
+    model = _load(store, "ints")
+    items = [
+        _item(model, {"ids": np.array([[1, 2, 3], [4, 5, 6]])}, offset=0),
+        _item(model, {"ids": np.array([[2**40, 1, 1]])}, offset=1),
+    ]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    totals = [decode_response(o.value).output("total") for o in outcomes]  # type: ignore[union-attr]
+    assert [[[6], [15]], [[2**40 + 2]]] == [t.data.tolist() for t in totals]
+    assert ["INT64", "INT64"] == [t.datatype for t in totals]
+
+
+def test_sklearn_zipmap_becomes_a_labelled_probability_tensor(store: ModelStore) -> None:
+    """The ZipMap output is FP32 [rows, 3] with parameters.labels, equal to sklearn's predict_proba."""
+    model = _load(store, "sklearn")
+    rows = demo.sklearn_sample_rows(7)
+    items = [_item(model, {"x": rows[:3]}, offset=0), _item(model, {"x": rows[3:]}, offset=1)]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    responses = [decode_response(o.value) for o in outcomes]  # type: ignore[union-attr]
+    probabilities = [r.output("output_probability") for r in responses]
+    assert [("FP32", (3, 3)), ("FP32", (4, 3))] == [(p.datatype, p.shape) for p in probabilities]
+    assert all({"labels": [0, 1, 2]} == p.parameters for p in probabilities)
+    labels, expected = demo.sklearn_reference(rows)
+    actual = np.concatenate([p.data for p in probabilities])
+    np.testing.assert_allclose(expected, actual, atol=1e-5)
+    assert labels.tolist() == np.concatenate([r.output("output_label").data for r in responses]).tolist()
+
+
+def test_requested_outputs_filter_the_response(store: ModelStore) -> None:
+    """An item asking for one output gets only that one; its neighbour asking nothing gets all."""
+    model = _load(store, "sklearn")
+    rows = demo.sklearn_sample_rows(2)
+    only_label = _item(model, {"x": rows[:1]}, outputs=["output_label"], offset=0)
+    everything = _item(model, {"x": rows[1:]}, offset=1)
+
+    outcomes = score_batch([only_label, everything], CORRELATION)
+
+    names = [[t.name for t in decode_response(o.value).outputs] for o in outcomes]  # type: ignore[union-attr]
+    assert [["output_label"], ["output_label", "output_probability"]] == names
+
+
+def test_correlation_headers_are_copied_and_others_are_not(store: ModelStore) -> None:
+    """A result carries the request's correlation headers and the model headers, nothing else."""
+    model = _load(store, "mlp", "9")
+    headers = [("traceparent", b"00-abc-def-01"), ("authorization", b"secret"), (h.MODEL_VERSION, b"9")]
+    item = _item(model, {"x": _rows(1, 0)}, headers=headers)
+
+    (result,) = score_batch([item], CORRELATION)
+
+    assert isinstance(result, Result)
+    assert [("traceparent", b"00-abc-def-01"), (h.MODEL, b"mlp"), (h.MODEL_VERSION, b"9")] == result.headers
+
+
+def test_binary_request_scores_like_json(store: ModelStore) -> None:
+    """A request sent with binary tensor data (header length in a record header) scores as JSON would."""
+    model = _load(store, "mlp")
+    rows = _rows(2, 5)
+    header = (
+        b'{"id": "bin", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 8],'
+        b' "parameters": {"binary_data_size": 64}}]}'
+    )
+    record = make_record(
+        header + struct.pack("<16f", *rows.reshape(-1)),
+        headers=[(h.BINARY_HEADER_LENGTH, str(len(header)).encode())],
+    )
+    binary = make_item(record, decode(record, Limits()), model)
+    as_json = _item(model, {"x": rows})
+
+    outcomes = score_batch([binary], CORRELATION) + score_batch([as_json], CORRELATION)
+
+    first, second = (decode_response(o.value).output("probabilities").data for o in outcomes)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(second, first)
+
+
+def test_empty_batch_gives_no_outcomes() -> None:
+    """Scoring no items returns no outcomes."""
+    assert [] == score_batch([], CORRELATION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model store
+
+
+def test_highest_version_is_chosen_by_number(store: ModelStore) -> None:
+    """Without a pin, the highest version wins in numeric order ("10" over "9")."""
+    assert ["1", "9", "10"] == store.versions("mlp")
+    assert ("mlp", "10") == store.resolve(None, None)
+    assert ("mlp", "10") == store.resolve("mlp", None)
+
+
+def test_a_request_may_pin_a_version(store: ModelStore) -> None:
+    """A version asked for is the version served."""
+    assert ("mlp", "9") == store.resolve("mlp", "9")
+    assert "9" == _load(store, "mlp", "9").version
+
+
+def test_pinned_default_version(root: Path) -> None:
+    """A store pinned to a version serves it to requests that name no version."""
+    pinned = ModelStore(root, default_name="mlp", pinned_version="9")
+
+    assert ("mlp", "9") == pinned.resolve(None, None)
+    assert ("mlp", "10") == pinned.resolve(None, "10")
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "message"),
+    [
+        pytest.param("nope", None, "unknown model 'nope'", id="unknown-model"),
+        pytest.param(
+            "mlp", "11", "model 'mlp' has no version '11'; available: 1, 9, 10", id="unknown-version"
+        ),
+        pytest.param("../outside", None, "unknown model '../outside'", id="name-traversal"),
+        pytest.param("mlp/../sklearn", None, "unknown model", id="name-inner-traversal"),
+        pytest.param("mlp", "../9", "not a valid version name", id="version-traversal"),
+        pytest.param("mlp", "1/../10", "not a valid version name", id="version-inner-traversal"),
+    ],
+)
+def test_unknown_or_unsafe_models_are_not_found(
+    root: Path, name: str, version: str | None, message: str
+) -> None:
+    """Unknown models and versions, and names that climb out of the root, raise ModelNotFoundError."""
+    (root.parent / "outside" / "1").mkdir(parents=True, exist_ok=True)
+    (root.parent / "outside" / "1" / "model.onnx").write_bytes(
+        (root / "mlp" / "1" / "model.onnx").read_bytes()
+    )
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelNotFoundError, match=message):
+        store.resolve(name, version)
+
+
+def test_loading_keeps_one_instance_per_version(store: ModelStore) -> None:
+    """Loading the same version twice gives the same model; sha256 is the file's."""
+    first = _load(store, "mlp", "1")
+
+    assert first is _load(store, "mlp", "1")
+    assert first is store.cached("mlp", "1")
+    assert 64 == len(first.sha256)
+
+
+def test_fixed_batch_is_the_models_own_batch_size(store: ModelStore) -> None:
+    """fixed_batch is 1 for the batch-of-one model and None for models with a free batch axis."""
+    assert 1 == _load(store, "fixed").fixed_batch
+    assert _load(store, "mlp").fixed_batch is None
+    assert _load(store, "sklearn").fixed_batch is None

@@ -145,14 +145,14 @@ def worker_env(settings: dict[str, Any]) -> dict[str, str]:
 
 def start_worker(settings: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
     """Start `streamscore worker` as a subprocess, its logs in `log_path`."""
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "worker"],
-        cwd=REPO,
-        env=worker_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            cwd=REPO,
+            env=worker_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def worker_children(parent: int) -> list[int]:

@@ -19,6 +19,7 @@ stage, error, attempts, worker, model, model-version, model-sha256.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 MODEL = "streamscore-model"
 MODEL_VERSION = "streamscore-model-version"
@@ -69,9 +70,7 @@ def decode_long(raw: bytes) -> int:
     return int(struct.unpack(">q", raw)[0])
 
 
-def first(
-    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...], names: tuple[str, ...]
-) -> str | None:
+def first(headers: Sequence[tuple[str, bytes]], names: tuple[str, ...]) -> str | None:
     """The UTF-8 value of the first header called one of `names`, or None."""
     for key, value in headers:
         if key in names and value is not None:

@@ -9,12 +9,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from worker.settings import Settings, from_sources, parse_value, setting_name
+
+
+def _parser_of(name: str, default: Any) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        return parse_value(name, raw, default)
+
+    return parse
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +42,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 flag,
                 default=None,
                 metavar=item.name.upper(),
-                type=lambda raw, n=item.name, d=default: parse_value(n, raw, d),
+                type=_parser_of(item.name, default),
                 help=f"env {env} (default {shown!r})",
             )
 

@@ -94,10 +94,9 @@ class LoadedModel:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the model fixes (its inputs' first dimension), or None if free."""
-        firsts = {spec.shape[0] if spec.shape else 1 for spec in self.inputs}
-        if None in firsts:
-            return None
-        return int(min(firsts))  # type: ignore[type-var]
+        firsts = [spec.shape[0] if spec.shape else 1 for spec in self.inputs]
+        fixed = [first for first in firsts if first is not None]
+        return min(fixed) if fixed and len(fixed) == len(firsts) else None
 
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Tensor]:
         """Score one batch; raise InferenceError with onnxruntime's reason."""

@@ -1,0 +1,121 @@
+"""The command line of `python -m bench`: flags, the broker's lifecycle, the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.cluster import running_broker
+from bench.config import (
+    MLP_CLASSES,
+    MLP_FEATURES,
+    MLP_HIDDEN,
+    MODEL_NAME,
+    MODEL_VERSION,
+    QUICK_RECORDS,
+    QUICK_TRICKLE_SECONDS,
+    RESULTS_PATH,
+    SCENARIOS,
+    BenchConfig,
+)
+from bench.report import ScenarioResult, format_table, results_document
+from bench.scenario import measure
+
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, with the seconds since start."""
+    print(f"[bench {time.perf_counter() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--records", type=int, help="requests per scenario (default: 100000 single-row, 25000 32-row)"
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a smoke run: {QUICK_RECORDS} records, short phases"
+    )
+    parser.add_argument("--naive-records", type=int, help="records the naive loop is timed on (default 5000)")
+    parser.add_argument("--partitions", type=int, help="partitions of every topic (default 3)")
+    parser.add_argument(
+        "--profile", type=Path, help="cProfile the single-row streamscore run: PATH.{loop,thread}.pstats"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where results.json goes")
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    """The run's configuration from parsed flags."""
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    values: dict[str, Any] = {"scenarios": tuple(SCENARIOS[n] for n in names), "output": args.output}
+    if args.quick:
+        values |= {
+            "records": QUICK_RECORDS,
+            "naive_records": QUICK_RECORDS,
+            "ort_seconds": 0.5,
+            "trickle_seconds": QUICK_TRICKLE_SECONDS,
+        }
+    for name in ("records", "naive_records", "partitions", "profile"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return BenchConfig(**values)
+
+
+async def run(config: BenchConfig, bootstrap: str) -> list[ScenarioResult]:
+    """Measure every scenario of `config` against the broker at `bootstrap`."""
+    from demo.models import install_model, make_mlp
+
+    with tempfile.TemporaryDirectory(prefix="streamscore-bench-models-") as root:
+        model_path = install_model(
+            Path(root),
+            MODEL_NAME,
+            MODEL_VERSION,
+            make_mlp,
+            features=MLP_FEATURES,
+            hidden=MLP_HIDDEN,
+            classes=MLP_CLASSES,
+        )
+        return [
+            await measure(s, config, bootstrap, Path(root), model_path, progress) for s in config.scenarios
+        ]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the table on stdout and write results.json."""
+    from worker.logs import configure_logging
+
+    config = config_from(make_parser().parse_args(argv))
+    configure_logging("json", "warning")  # the worker's logs go to stderr, the table to stdout
+    progress("starting a broker")
+    with running_broker() as bootstrap:
+        progress(f"broker on {bootstrap}")
+        results = asyncio.run(run(config, bootstrap))
+    print(format_table(results))
+    config.output.write_bytes(
+        orjson.dumps(results_document(results, machine()), option=orjson.OPT_INDENT_2) + b"\n"
+    )
+    progress(f"wrote {config.output}")
+    return 0

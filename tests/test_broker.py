@@ -113,7 +113,7 @@ def test_status_reports_running_broker(kafka_bootstrap: str, kafka_config: local
 
     assert status.running
     assert status.pid is not None
-    assert kafka_bootstrap == status.address == "127.0.0.1:19092"
+    assert kafka_bootstrap == status.address == f"127.0.0.1:{kafka_config.port}"
 
 
 @pytest.mark.kafka

@@ -62,9 +62,38 @@ def make_parser() -> argparse.ArgumentParser:
         description="Consume V2 requests, score them with the model, produce results and dead letters.",
     )
     _add_setting_flags(worker)
-    producer_cli.add_parser(commands)
+    produce = producer_cli.add_parser(commands)
+    # the producer shares the worker's connection settings from the environment
+    env = from_sources({k: v for k, v in os.environ.items() if k in _PRODUCER_ENV})
+    produce.set_defaults(
+        bootstrap_servers=env.bootstrap_servers,
+        topic=env.input_topic,
+        security_protocol=env.security_protocol,
+        sasl_mechanism=env.sasl_mechanism or None,
+        sasl_username=env.sasl_username or None,
+        sasl_password=env.sasl_password or None,
+        ssl_cafile=env.ssl_cafile or None,
+        ssl_certfile=env.ssl_certfile or None,
+        ssl_keyfile=env.ssl_keyfile or None,
+    )
     broker_cli.add_parser(commands)
     return parser
+
+
+_PRODUCER_ENV = {
+    setting_name(name)
+    for name in (
+        "bootstrap_servers",
+        "input_topic",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+    )
+}
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -84,7 +113,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamscore` console command."""
-    parser = make_parser()
+    try:
+        parser = make_parser()
+    except ConfigError as error:
+        print(f"streamscore: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         if args.command == "worker":

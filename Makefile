@@ -1,0 +1,48 @@
+# One entry point per task, for people and for .ci/run alike.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install lint format typecheck test test-unit bench demo broker-start broker-stop clean
+
+install: $(STAMP)  ## virtual environment with streamscore and its dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+lint: install  ## ruff: lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: install  ## mypy strict on the packages
+	$(PY) -m mypy
+
+test: install  ## every test, the real-broker ones included (the suite starts its own broker)
+	$(PY) -m pytest
+
+test-unit: install  ## only the tests that need no broker
+	$(PY) -m pytest -m "not kafka"
+
+bench: install  ## benchmark on the local broker; writes bench/results.json
+	$(PY) -m bench
+
+demo: install  ## the main job end to end on the local broker
+	$(PY) -m demo
+
+broker-start: install  ## a local Kafka broker on 127.0.0.1:9092 (data in .kafka/)
+	$(VENV)/bin/streamscore broker start
+
+broker-stop: install
+	$(VENV)/bin/streamscore broker stop
+
+clean:  ## remove the environment, caches, demo output and the local broker's data and jars
+	-$(VENV)/bin/streamscore broker stop 2>/dev/null
+	rm -rf $(VENV) .kafka .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info bench/results.json

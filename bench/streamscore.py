@@ -36,9 +36,9 @@ class TimedWorker(Worker):
         self._rows = rows
         self._on_result = on_result
 
-    async def _take(self, record: Any) -> None:
+    async def _dispatch(self, record: Any) -> None:
         self.span.consumed()
-        await super()._take(record)
+        await super()._dispatch(record)
 
     async def _next_batch(self) -> Batch[Item]:
         batch = await super()._next_batch()

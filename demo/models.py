@@ -141,9 +141,7 @@ def make_int_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-def install_model(
-    root: Path, name: str, version: str, builder: ModelBuilder, **kwargs: Any
-) -> Path:
+def install_model(root: Path, name: str, version: str, builder: ModelBuilder, **kwargs: Any) -> Path:
     """Build a model into the repository layout ``<root>/<name>/<version>/model.onnx``."""
     return builder(Path(root) / name / version / "model.onnx", **kwargs)
 

@@ -129,9 +129,7 @@ class ProduceOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProduceOptions:
         """Options from the namespace `add_parser`'s parser produced."""
-        connection = {
-            name: value for name in CONNECTION_FIELDS if (value := getattr(args, name, None))
-        }
+        connection = {name: value for name in CONNECTION_FIELDS if (value := getattr(args, name, None))}
         return cls(
             file=Path(args.file),
             topic=args.topic,
@@ -206,9 +204,7 @@ class Progress:
     def update(self, rows: int) -> None:
         """Show `rows` sent so far, unless the last update was under `interval` ago."""
         now = self._clock()
-        if not self._enabled or (
-            self._shown_at is not None and now - self._shown_at < self._interval
-        ):
+        if not self._enabled or (self._shown_at is not None and now - self._shown_at < self._interval):
             return
         self._shown_at = now
         rate = rows / (now - self._started) if now > self._started else 0.0
@@ -232,9 +228,7 @@ async def produce(
 
     `summary`, when given, is filled in as records are acknowledged (also when this raises).
     """
-    chunks = _limited(
-        read_chunks(options.file, options.format, chunk_rows=options.chunk_rows), options.limit
-    )
+    chunks = _limited(read_chunks(options.file, options.format, chunk_rows=options.chunk_rows), options.limit)
     first = next(chunks, None)  # a file that is unreadable from the start fails before connecting
     if first is not None:
         chunks = itertools.chain([first], chunks)

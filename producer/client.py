@@ -234,9 +234,7 @@ class FeatureProducer:
     # -----------------------------------------------------------------------------------------
     # Helpers
 
-    async def _enqueue(
-        self, window: _Deliveries, value: bytes, key: str | None, headers: Headers
-    ) -> bool:
+    async def _enqueue(self, window: _Deliveries, value: bytes, key: str | None, headers: Headers) -> bool:
         """Hand one record to the client; False once a delivery failed (stop sending more)."""
         if window.failed:
             return False
@@ -261,9 +259,7 @@ class FeatureProducer:
         if array.ndim != 2:
             raise ValueError(f"rows must be 2-D (rows, features), got shape {array.shape}")
         target = DATATYPES[self.datatype] if self.datatype else array.dtype
-        if target.kind in "iub" and array.dtype.kind == "f" and not np.array_equal(
-            array, np.trunc(array)
-        ):
+        if target.kind in "iub" and array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
             raise ConfigError(
                 f"rows hold fractional values that datatype {self.datatype} would truncate; "
                 "send them as FP32 or FP64"
@@ -273,9 +269,7 @@ class FeatureProducer:
     def _tensor(self, batch: np.ndarray[Any, Any]) -> Tensor:
         return as_tensor(self.input_name, batch, self.datatype)
 
-    def _request_ids(
-        self, ids: Sequence[str] | None, rows: int, rows_per_request: int
-    ) -> list[str]:
+    def _request_ids(self, ids: Sequence[str] | None, rows: int, rows_per_request: int) -> list[str]:
         expected = math.ceil(rows / rows_per_request)
         if ids is None:
             return self._generated_ids(rows, rows_per_request)

@@ -115,9 +115,7 @@ def _csv_chunk(path: Path, block: list[tuple[int, list[str]]], width: int | None
     return chunk
 
 
-def _raise_csv_error(
-    path: Path, block: list[tuple[int, list[str]]], width: int | None
-) -> NoReturn:
+def _raise_csv_error(path: Path, block: list[tuple[int, list[str]]], width: int | None) -> NoReturn:
     width = width if width is not None else len(block[0][1])
     for number, row in block:
         if len(row) != width:
@@ -202,9 +200,7 @@ def _check_width(path: Path, number: int, length: int, width: int | None) -> int
     return length
 
 
-def _jsonl_chunk(
-    path: Path, rows: list[list[float]], numbers: list[int], width: int | None
-) -> Rows:
+def _jsonl_chunk(path: Path, rows: list[list[float]], numbers: list[int], width: int | None) -> Rows:
     chunk = np.array(rows, dtype=np.float64).reshape(len(rows), width or 0)
     _check_finite(path, chunk, numbers, "line")
     return chunk

@@ -164,9 +164,7 @@ def test_npy_object_arrays_are_refused(tmp_path: Path) -> None:
     chunk_rows=st.integers(min_value=1, max_value=12),
     fmt=st.sampled_from(["csv", "jsonl", "npy"]),
 )
-def test_chunks_concatenate_to_the_original_rows(
-    rows: int, columns: int, chunk_rows: int, fmt: str
-) -> None:
+def test_chunks_concatenate_to_the_original_rows(rows: int, columns: int, chunk_rows: int, fmt: str) -> None:
     """In every format, chunks hold at most chunk_rows rows and concatenate to the file's rows."""
     array = np.arange(rows * columns, dtype=np.float64).reshape(rows, columns) / 4
     with tempfile.TemporaryDirectory() as folder:
@@ -202,9 +200,15 @@ class FakeSender:
     async def stop(self) -> None:
         pass
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
-                   partition: int | None = None, timestamp_ms: int | None = None,
-                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
         self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if key in self.fail_keys:
@@ -219,8 +223,9 @@ class FakeSender:
 async def test_send_rows_splits_into_requests_keyed_by_id() -> None:
     """5 rows at 2 per request make 3 requests whose key is their id and whose data is the rows."""
     fake = FakeSender()
-    producer = FeatureProducer("unused:9092", "in", model="iris", datatype="FP32",
-                               id_prefix="f", producer=fake)
+    producer = FeatureProducer(
+        "unused:9092", "in", model="iris", datatype="FP32", id_prefix="f", producer=fake
+    )
     rows = np.arange(10, dtype=np.float64).reshape(5, 2)
     ids = await producer.send_rows(rows, rows_per_request=2)
     expected_ids = ["f-0", "f-2", "f-4"]
@@ -254,8 +259,9 @@ async def test_in_flight_deliveries_are_bounded() -> None:
 
 async def test_unacknowledged_records_are_named() -> None:
     """A failed delivery raises ProduceError naming the failed id; sending stops there."""
-    producer = FeatureProducer("unused:9092", "in", id_prefix="p", max_in_flight=1,
-                               producer=FakeSender({b"p-3"}))
+    producer = FeatureProducer(
+        "unused:9092", "in", id_prefix="p", max_in_flight=1, producer=FakeSender({b"p-3"})
+    )
     with pytest.raises(ProduceError) as caught:
         await producer.send_rows(np.zeros((10, 1)))
     message = str(caught.value)
@@ -324,15 +330,18 @@ def parse_produce(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["produce", *argv])
 
 
-def test_cli_bad_csv_value_exits_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_bad_csv_value_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A bad CSV value: exit 2 and one stderr line naming the file and line (checked first)."""
     path = write(tmp_path / "bad.csv", "1,2\nx,3\n")
     code = run(parse_produce("--file", str(path), "--bootstrap-servers", "127.0.0.1:1"))
     err = capsys.readouterr().err
-    expected = (2, [f"streamscore produce: {path}, line 2, column 1: 'x' is not a number; "
-                    "CSV files must hold numeric columns only"])
+    expected = (
+        2,
+        [
+            f"streamscore produce: {path}, line 2, column 1: 'x' is not a number; "
+            "CSV files must hold numeric columns only"
+        ],
+    )
     assert expected == (code, err.splitlines())
 
 

@@ -20,13 +20,9 @@ from tests.conftest import MakeTopics
 pytestmark = pytest.mark.kafka
 
 
-async def read_topic(
-    bootstrap: str, topic: str, partitions: int, timeout_s: float = 30.0
-) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 30.0) -> list[Any]:
     """Every record on `topic` (all `partitions`, from the start to the end), ordered by key."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         assigned = [TopicPartition(topic, p) for p in range(partitions)]
@@ -43,9 +39,7 @@ async def read_topic(
     return sorted(records, key=lambda r: r.key)
 
 
-async def test_send_rows_lands_one_record_per_request(
-    kafka_bootstrap: str, make_topics: MakeTopics
-) -> None:
+async def test_send_rows_lands_one_record_per_request(kafka_bootstrap: str, make_topics: MakeTopics) -> None:
     """10 rows at 3 per request: 4 records, keys == ids, values decode to the rows, headers set."""
     (topic,) = await make_topics("in", partitions=3)
     rows = np.arange(20, dtype=np.float32).reshape(10, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -22,12 +23,15 @@ pytestmark = pytest.mark.kafka
 RECORDS = 20_000
 MAX_IN_FLIGHT = 500
 PROCESSES = 2
+PARTITIONS = 4
+COMMIT_INTERVAL_MS = 200
+MAX_ACKED_PER_COMMIT = 20_000 * COMMIT_INTERVAL_MS // 1000  # generous: 20 000 records/s per process
 
 
 @pytest.fixture
 async def setup(kafka_bootstrap: str, make_topics: Any, tmp_path: Path, unique_group: str) -> dict[str, Any]:
     """Topics filled with RECORDS requests, a model folder, and the worker's settings."""
-    topic_in, topic_out, topic_dead = await make_topics("in", "out", "in.DLT", partitions=4)
+    topic_in, topic_out, topic_dead = await make_topics("in", "out", "in.DLT", partitions=PARTITIONS)
     root = tmp_path / "models"
     install_model(root, "mlp", "1", make_mlp)
     rows = np.random.default_rng(0).random((RECORDS, 8), dtype=np.float32)
@@ -44,11 +48,17 @@ async def setup(kafka_bootstrap: str, make_topics: Any, tmp_path: Path, unique_g
         "model_root": root,
         "processes": PROCESSES,
         "max_in_flight": MAX_IN_FLIGHT,
-        "commit_interval_ms": 200,
+        "commit_interval_ms": COMMIT_INTERVAL_MS,
         "session_timeout_ms": 6000,
         "log_format": "json",
     }
-    return {"settings": settings, "results": topic_out, "dead": topic_dead, "logs": tmp_path / "worker.log"}
+    return {
+        "settings": settings,
+        "input": topic_in,
+        "results": topic_out,
+        "dead": topic_dead,
+        "logs": tmp_path / "worker.log",
+    }
 
 
 async def wait_for_results(bootstrap: str, topic: str, at_least: int, timeout_s: float = 120.0) -> None:
@@ -70,6 +80,19 @@ async def wait_for_results(bootstrap: str, topic: str, at_least: int, timeout_s:
         await consumer.stop()
 
 
+def partitions_held(logs: Path, pid: int) -> set[int]:
+    """The partitions a worker process was last assigned, read from its JSON log lines."""
+    held: set[int] = set()
+    for line in logs.read_bytes().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line of the broker client's own output
+            continue
+        if event.get("event") == "partitions_assigned" and str(event.get("worker", "")).endswith(f"-{pid}"):
+            held = {int(name.rsplit("[", 1)[1].rstrip("]")) for name in event["partitions"]}
+    return held
+
+
 def run_until_drained(settings: dict[str, Any], logs: Path) -> int:
     """Run a burst worker to the end of the stream and return its exit code."""
     process = start_worker({**settings, "burst": True}, logs)
@@ -85,8 +108,8 @@ async def test_sigkill_mid_stream_loses_nothing(setup: dict[str, Any], kafka_boo
     1. Two worker processes score a stream of 20 000 requests.
     2. Mid-stream, one of them is killed with SIGKILL; the supervisor starts a new one.
     3. The rest of the stream is scored, then the worker stops with SIGTERM.
-    Every id has a result; duplicates are only records that were in flight (at most the
-    in-flight bound of the killed process plus what it had not yet committed).
+    Every id has a result. Duplicates are only records the killed process had taken after
+    its last commit: on its own partitions, after the offsets it had committed.
     """
     settings, logs = setup["settings"], setup["logs"]
     process = start_worker(settings, logs)
@@ -94,7 +117,8 @@ async def test_sigkill_mid_stream_loses_nothing(setup: dict[str, Any], kafka_boo
         await wait_for_results(kafka_bootstrap, setup["results"], RECORDS // 4)
         children = worker_children(process.pid)
         assert PROCESSES == len(children)
-        os.kill(children[0], signal.SIGKILL)
+        killed = children[0]
+        os.kill(killed, signal.SIGKILL)
         await wait_for_results(kafka_bootstrap, setup["results"], RECORDS)
         assert 0 == await asyncio.to_thread(stop_worker, process)
     finally:
@@ -105,8 +129,18 @@ async def test_sigkill_mid_stream_loses_nothing(setup: dict[str, Any], kafka_boo
     results = await read_topic(kafka_bootstrap, setup["results"], expect=RECORDS)
     counts = Counter(r.id for r in responses(results))
     assert {f"id-{i}" for i in range(RECORDS)} == set(counts)
-    duplicates = sum(n - 1 for n in counts.values())
-    assert duplicates <= 2 * MAX_IN_FLIGHT, f"{duplicates} duplicates"
+    inputs = await read_topic(kafka_bootstrap, setup["input"], expect=RECORDS)
+    where = {r.key.decode(): (r.partition, r.offset) for r in inputs}
+    duplicated: dict[int, list[int]] = {}
+    for request_id, count in counts.items():
+        if count > 1:
+            partition, offset = where[request_id]
+            duplicated.setdefault(partition, []).append(offset)
+    held = partitions_held(logs, killed)
+    assert set(duplicated) <= held, f"duplicates on {sorted(duplicated)}, the killed process held {held}"
+    for partition, offsets in duplicated.items():
+        assert min(offsets) > 0, f"partition {partition} was scored again from its start"
+        assert max(offsets) - min(offsets) < MAX_IN_FLIGHT + MAX_ACKED_PER_COMMIT, f"partition {partition}"
     assert b"worker_process_died" in logs.read_bytes()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,6 +90,7 @@ class LoadedModel:
         self.outputs = outputs
         self.input_by_name = {spec.name: spec for spec in inputs}
         self.output_names = tuple(spec.name for spec in outputs)
+        self.accepted: set[Hashable] = set()  # request layouts already checked against the signature
 
     @property
     def fixed_batch(self) -> int | None:

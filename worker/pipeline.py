@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from schemas import headers as h
-from schemas.codec import InferenceRequest, Limits, Tensor, decode_request, encode_response
+from schemas.codec import InferenceRequest, Limits, ResponseEncoder, Tensor, decode_request, nonfinite_error
 from schemas.errors import DecodeError, InferenceError, RecordError
 from worker.model import LoadedModel
 from worker.records import DeadLetter, Item, Outcome, Record, Result
 from worker.signature import check_request
+
+MAX_REMEMBERED_LAYOUTS = 1024
 
 
 def fallback_id(record: Record) -> str:
@@ -31,7 +33,7 @@ def decode(record: Record, limits: Limits) -> InferenceRequest:
             header_length = int(raw_length)
         except ValueError:
             raise DecodeError(f"header {h.BINARY_HEADER_LENGTH}={raw_length!r} is not an integer") from None
-    return decode_request(record.value, limits=limits, header_length=header_length)
+    return decode_request(record.value, limits=limits, header_length=header_length, check_finite=False)
 
 
 def model_choice(record: Record) -> tuple[str | None, str | None]:
@@ -40,15 +42,18 @@ def model_choice(record: Record) -> tuple[str | None, str | None]:
 
 
 def make_item(record: Record, request: InferenceRequest, model: LoadedModel) -> Item:
-    """An item for the batcher, once the request fits the model (else ValidationError)."""
-    check_request(request, model)
-    return Item(record, request, request.id or fallback_id(record), model)
+    """An item for the batcher, once the request fits the model (else ValidationError).
 
-
-def batch_key(item: Item) -> Hashable:
-    """Items with the same key can be concatenated along the first axis."""
-    layout = tuple((t.name, t.datatype, t.shape[1:]) for t in item.request.inputs)
-    return (item.model.name, item.model.version, id(item.model), layout)
+    The item's batch key is its input layout: items with equal keys concatenate along the
+    first axis. A layout the model accepted once is not checked again.
+    """
+    layout = (id(model), request.outputs, *((t.name, t.datatype, t.data.shape) for t in request.inputs))
+    if layout not in model.accepted:
+        check_request(request, model)
+        if len(model.accepted) < MAX_REMEMBERED_LAYOUTS:
+            model.accepted.add(layout)
+    key = (id(model), *((t.name, t.datatype, t.data.shape[1:]) for t in request.inputs))
+    return Item(record, request, request.id or fallback_id(record), model, key, request.rows)
 
 
 def dead_letter(record: Record, error: Exception, model: LoadedModel | None = None) -> DeadLetter:
@@ -57,26 +62,60 @@ def dead_letter(record: Record, error: Exception, model: LoadedModel | None = No
     return DeadLetter(record, error, fallback_id(record), info)
 
 
-def score_batch(items: Sequence[Item], correlation: Sequence[str]) -> list[Outcome]:
+def score_batch(
+    items: Sequence[Item], correlation: Sequence[str], *, check_finite: bool = True
+) -> list[Outcome]:
     """Score items that share a model; a failing batch is split until only bad records fail.
 
-    Blocking (onnxruntime runs here): call it from a worker thread.
+    `check_finite`: refuse NaN and Infinity, checked once over the batch (a batch that holds
+    some is searched for the records that sent them). Blocking (onnxruntime runs here):
+    call it from a worker thread.
     """
     if not items:
         return []
+    feeds = _concatenate(items)
+    if check_finite and not all(np.isfinite(a).all() for a in feeds.values() if a.dtype.kind == "f"):
+        return _without_nonfinite(items, correlation)
+    return _score(items, feeds, correlation)
+
+
+def _without_nonfinite(items: Sequence[Item], correlation: Sequence[str]) -> list[Outcome]:
+    bad = {i: name for i, item in enumerate(items) if (name := _nonfinite_input(item)) is not None}
+    clean = [item for i, item in enumerate(items) if i not in bad]
+    scored = iter(_score(clean, _concatenate(clean), correlation) if clean else ())
+    return [
+        DeadLetter(item.record, nonfinite_error(bad[i]), item.request_id, _info(item.model))
+        if i in bad
+        else next(scored)
+        for i, item in enumerate(items)
+    ]
+
+
+def _nonfinite_input(item: Item) -> str | None:
+    for tensor in item.request.inputs:
+        if tensor.data.dtype.kind == "f" and not np.isfinite(tensor.data).all():
+            return tensor.name
+    return None
+
+
+def _score(
+    items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correlation: Sequence[str]
+) -> list[Outcome]:
     model = items[0].model
     try:
-        outputs = model.run(_concatenate(items))
+        outputs = model.run(feeds)
     except InferenceError as error:
         if len(items) == 1:
             return [DeadLetter(items[0].record, error, items[0].request_id, _info(model))]
         middle = len(items) // 2
-        return score_batch(items[:middle], correlation) + score_batch(items[middle:], correlation)
+        return _score(items[:middle], _concatenate(items[:middle]), correlation) + _score(
+            items[middle:], _concatenate(items[middle:]), correlation
+        )
     total = sum(item.rows for item in items)
     if len(items) > 1 and any(_rows_of(t) != total for t in outputs.values()):
         # Outputs that do not follow the batch axis cannot be split by record: one at a time.
-        return [outcome for item in items for outcome in score_batch([item], correlation)]
-    return _split(items, outputs, correlation)
+        return [outcome for item in items for outcome in _score([item], _concatenate([item]), correlation)]
+    return _encode_results(items, outputs, correlation)
 
 
 def _info(model: LoadedModel) -> tuple[str, str, str]:
@@ -98,35 +137,23 @@ def _concatenate(items: Sequence[Item]) -> dict[str, np.ndarray[Any, Any]]:
     return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
-def _split(items: Sequence[Item], outputs: dict[str, Tensor], correlation: Sequence[str]) -> list[Outcome]:
+def _encode_results(
+    items: Sequence[Item], outputs: dict[str, Tensor], correlation: Sequence[str]
+) -> list[Outcome]:
+    model = items[0].model
+    encoder = ResponseEncoder(model.name, model.version, outputs, whole=len(items) == 1)
+    model_headers = [(h.MODEL, model.name.encode()), (h.MODEL_VERSION, model.version.encode())]
     results: list[Outcome] = []
     start = 0
-    single = len(items) == 1
     for item in items:
-        stop = start + item.rows
-        wanted = item.request.outputs or item.model.output_names
-        sliced = [
-            outputs[name]
-            if single
-            else Tensor(
-                name, outputs[name].datatype, outputs[name].data[start:stop], outputs[name].parameters
-            )
-            for name in wanted
-        ]
-        results.append(encode_result(item, sliced, correlation))
-        start = stop
+        rows = item.rows
+        value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
+        start += rows
+        headers = model_headers
+        if item.record.headers:
+            headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
+        results.append(Result(item.record, item.request_id, item.request_id.encode(), value, headers))
     return results
-
-
-def encode_result(item: Item, outputs: Sequence[Tensor], correlation: Sequence[str]) -> Result:
-    """The result record of one item: V2 response keyed by request id, correlation headers copied."""
-    model = item.model
-    value = encode_response(
-        id=item.request_id, model_name=model.name, model_version=model.version, outputs=outputs
-    )
-    headers = [(key, val) for key, val in item.record.headers if key in correlation]
-    headers += [(h.MODEL, model.name.encode()), (h.MODEL_VERSION, model.version.encode())]
-    return Result(item.record, item.request_id, item.request_id.encode(), value, headers)
 
 
 def describe(error: Exception) -> str:

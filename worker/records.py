@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,10 +54,8 @@ class Item:
     request: InferenceRequest
     request_id: str
     model: LoadedModel
-
-    @property
-    def rows(self) -> int:
-        return self.request.rows
+    key: Hashable = None  # items with equal keys can share a batch
+    rows: int = 1
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.codec import Limits
+from schemas.codec import InferenceRequest, Limits
 from schemas.errors import (
     BrokerUnavailableError,
     FatalError,
@@ -35,8 +36,8 @@ from worker.batcher import Batch, MicroBatcher
 from worker.deadletter import dead_letter_headers
 from worker.model import LoadedModel, ModelStore
 from worker.offsets import OffsetTracker
-from worker.pipeline import batch_key, dead_letter, decode, make_item, model_choice, score_batch
-from worker.records import DeadLetter, Item, Outcome, Record, Result
+from worker.pipeline import dead_letter, decode, make_item, model_choice, score_batch
+from worker.records import DeadLetter, Item, Outcome, Result
 from worker.retry import is_retriable, retrying
 from worker.settings import Settings
 
@@ -47,6 +48,7 @@ FETCH_TIMEOUT_MS = 100
 PRODUCER_MAX_BATCH_BYTES = 262_144
 PRODUCER_LINGER_MS = 5
 BURST_UNASSIGNED_EXIT_S = 10.0
+PAUSED_CHECK_S = 0.1
 PROGRESS_INTERVAL_S = 10.0
 
 
@@ -72,9 +74,11 @@ class Worker:
         self.batcher: MicroBatcher[Item] = MicroBatcher(
             settings.max_batch_rows, settings.max_batch_delay_ms / 1000
         )
-        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.tracker: OffsetTracker[int] = OffsetTracker()  # by partition of the input topic
         self.ready: deque[Batch[Item]] = deque()
-        self.wake = asyncio.Event()
+        self.wake = asyncio.Event()  # the score loop: a batch may be ready, or all is acknowledged
+        self.room = asyncio.Event()  # the fetch loop: in-flight records fell below the resume mark
+        self._resume_at = settings.max_in_flight // 2
         self.stopping = False
         self.fatal: BaseException | None = None
         self.in_flight = 0
@@ -106,6 +110,7 @@ class Worker:
             log.info("worker_stopping", in_flight=self.in_flight)
         self.stopping = True
         self.wake.set()
+        self.room.set()
 
     async def startup(self) -> None:
         """Load the default model, connect to Kafka, join the group, start the loops."""
@@ -182,12 +187,16 @@ class Worker:
         unassigned_since = self.clock()
         last_progress = self.clock()
         while not self.stopping:
-            self._apply_backpressure()
+            if self._apply_backpressure():
+                await self._wait_for_room()
+                continue
             room = max(1, min(FETCH_MAX_RECORDS, self.settings.max_in_flight - self.in_flight))
             batches = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
             for records in batches.values():
                 for record in records:
-                    await self._take(record)
+                    await self._dispatch(record)
+            if batches:
+                self.wake.set()
             if self.clock() - last_progress >= PROGRESS_INTERVAL_S:
                 last_progress = self.clock()
                 log.info("worker_progress", in_flight=self.in_flight, paused=self.paused, **self.counts)
@@ -223,29 +232,47 @@ class Worker:
 
     # ------------------------------------------------------------------ fetch side
 
-    async def _take(self, record: Any) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        self.tracker.take(tp, record.offset)
+    def _take(self, record: Any) -> Item | DeadLetter | None:
+        """Track a fetched record and decode it; None when its model must be loaded first."""
+        self.tracker.take(record.partition, record.offset)
         self.in_flight += 1
-        outcome = await self._prepare(record)
-        if isinstance(outcome, DeadLetter):
-            await self.send(outcome)
-            return
-        limit = outcome.model.fixed_batch
-        closed = self.batcher.add(batch_key(outcome), outcome, outcome.rows, self.clock(), limit)
-        if closed:
-            self.ready.extend(closed)
-        self.wake.set()
-
-    async def _prepare(self, record: Record) -> Item | DeadLetter:
-        model: LoadedModel | None = None
         try:
             request = decode(record, self.limits)
             name, version = self.store.resolve(*model_choice(record))
-            model = self.store.cached(name, version) or await self._load_for_request(name, version)
+        except RecordError as error:
+            return dead_letter(record, error)
+        model = self.store.cached(name, version)
+        if model is None:
+            return None
+        return self._item(record, request, model)
+
+    async def _take_with_load(self, record: Any) -> Item | DeadLetter:
+        """The rare path of `_take`: the record names a model version not loaded yet."""
+        request = decode(record, self.limits)
+        name, version = self.store.resolve(*model_choice(record))
+        try:
+            model = await self._load_for_request(name, version)
+        except RecordError as error:
+            return dead_letter(record, error)
+        return self._item(record, request, model)
+
+    def _item(self, record: Any, request: InferenceRequest, model: LoadedModel) -> Item | DeadLetter:
+        try:
             return make_item(record, request, model)
         except RecordError as error:
             return dead_letter(record, error, model)
+
+    async def _dispatch(self, record: Any) -> None:
+        """Take one record: a dead letter is sent at once, an item waits for its batch."""
+        outcome = self._take(record)
+        if outcome is None:
+            outcome = await self._take_with_load(record)
+        if isinstance(outcome, DeadLetter):
+            await self.send(outcome)
+            return
+        closed = self.batcher.add(outcome.key, outcome, outcome.rows, self.clock(), outcome.model.fixed_batch)
+        if closed:
+            self.ready.extend(closed)
 
     async def _load(self, name: str, version: str) -> LoadedModel:
         loop = asyncio.get_running_loop()
@@ -259,18 +286,26 @@ class Worker:
         log.info("model_loaded", model=model.name, version=model.version, sha256=model.sha256)
         return model
 
-    def _apply_backpressure(self) -> None:
+    def _apply_backpressure(self) -> bool:
+        """Pause every partition at `max_in_flight`, resume at half of it; True while paused."""
         assert self.consumer is not None
-        limit = self.settings.max_in_flight
-        if not self.paused and self.in_flight >= limit:
+        if not self.paused and self.in_flight >= self.settings.max_in_flight:
             self.consumer.pause(*self.consumer.assignment())
             self.paused = True
-        elif self.paused and self.in_flight <= limit // 2:
+        elif self.paused and self.in_flight <= self._resume_at:
             self.consumer.resume(*self.consumer.paused())
             self.paused = False
         elif self.paused:
             # a rebalance may have handed us partitions that are not paused yet
             self.consumer.pause(*self.consumer.assignment())
+        return self.paused
+
+    async def _wait_for_room(self) -> None:
+        """While paused, wait for acknowledgements instead of polling an empty fetch."""
+        self.room.clear()
+        if self.in_flight > self._resume_at and not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.room.wait(), PAUSED_CHECK_S)
 
     async def _drained(self, unassigned_since: float) -> bool:
         assert self.consumer is not None
@@ -290,10 +325,14 @@ class Worker:
     async def score_loop(self) -> None:
         """Run closed batches in the onnxruntime thread and send their outcomes."""
         loop = asyncio.get_running_loop()
-        correlation = self.settings.correlation_headers
+        score = functools.partial(
+            score_batch,
+            correlation=self.settings.correlation_headers,
+            check_finite=not self.settings.allow_nonfinite,
+        )
         while True:
             batch = await self._next_batch()
-            outcomes = await loop.run_in_executor(self.executor, score_batch, batch.items, correlation)
+            outcomes = await loop.run_in_executor(self.executor, score, batch.items)
             self.counts["rows"] += batch.rows
             for outcome in outcomes:
                 await self.send(outcome)
@@ -352,13 +391,15 @@ class Worker:
 
     def _finish(self, outcome: Outcome) -> None:
         record = outcome.record
-        self.tracker.finish(TopicPartition(record.topic, record.partition), record.offset)
+        self.tracker.finish(record.partition, record.offset)
         self.in_flight -= 1
         if isinstance(outcome, Result):
             self.counts["results"] += 1
         else:
             self.counts["dead_letters"] += 1
             self._log_dead_letter(outcome)
+        if self.in_flight <= self._resume_at:
+            self.room.set()
         if self.in_flight == 0:
             self.wake.set()
 
@@ -426,21 +467,24 @@ class Worker:
             await asyncio.sleep(self.settings.commit_interval_ms / 1000)
             await self.commit()
 
-    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+    async def commit(self, partitions: set[int] | None = None) -> None:
         """Commit the offsets whose every predecessor is acknowledged."""
         assert self.consumer is not None
         if self.fatal is not None:
             return
-        assigned = self.consumer.assignment()
+        assigned = {
+            tp.partition for tp in self.consumer.assignment() if tp.topic == self.settings.input_topic
+        }
         offsets = {
-            tp: offset
-            for tp, offset in self.tracker.committable().items()
-            if tp in assigned and (partitions is None or tp in partitions)
+            partition: offset
+            for partition, offset in self.tracker.committable().items()
+            if partition in assigned and (partitions is None or partition in partitions)
         }
         if not offsets:
             return
+        topic = self.settings.input_topic
         try:
-            await self.consumer.commit(offsets)
+            await self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
         except KafkaError as error:
             log.warning(
                 "commit_failed",
@@ -455,9 +499,10 @@ class Worker:
         """Before partitions go to another worker: finish their in-flight records, commit them."""
         deadline = self.clock() + self.settings.shutdown_grace_s
         self.wake.set()
-        await self._wait_until(lambda: self.tracker.in_flight(revoked) == 0, deadline)
-        await self.commit(revoked)
-        self.tracker.forget(revoked)
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.input_topic}
+        await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
+        await self.commit(partitions)
+        self.tracker.forget(partitions)
         if revoked:
             log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 

@@ -41,15 +41,11 @@ def progress(message: str) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "--records", type=int, help="requests per scenario (default: 100000 single-row, 25000 32-row)"
-    )
+    parser.add_argument("--records", type=int, help="requests per scenario (default: 100000 single-row, 25000 32-row)")
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from: {', '.join(SCENARIOS)}"
     )
-    parser.add_argument(
-        "--quick", action="store_true", help=f"a smoke run: {QUICK_RECORDS} records, short phases"
-    )
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_RECORDS} records, short phases")
     parser.add_argument("--naive-records", type=int, help="records the naive loop is timed on (default 5000)")
     parser.add_argument("--partitions", type=int, help="partitions of every topic (default 3)")
     parser.add_argument(
@@ -93,9 +89,7 @@ async def run(config: BenchConfig, bootstrap: str) -> list[ScenarioResult]:
             hidden=MLP_HIDDEN,
             classes=MLP_CLASSES,
         )
-        return [
-            await measure(s, config, bootstrap, Path(root), model_path, progress) for s in config.scenarios
-        ]
+        return [await measure(s, config, bootstrap, Path(root), model_path, progress) for s in config.scenarios]
 
 
 def machine() -> dict[str, Any]:
@@ -114,8 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"broker on {bootstrap}")
         results = asyncio.run(run(config, bootstrap))
     print(format_table(results))
-    config.output.write_bytes(
-        orjson.dumps(results_document(results, machine()), option=orjson.OPT_INDENT_2) + b"\n"
-    )
+    config.output.write_bytes(orjson.dumps(results_document(results, machine()), option=orjson.OPT_INDENT_2) + b"\n")
     progress(f"wrote {config.output}")
     return 0

@@ -17,9 +17,7 @@ def measure_ort(model_path: Path, batch_rows: int, seconds: float) -> float:
     """Run batches of `batch_rows` rows for about `seconds`; return rows per second."""
     session = make_session(model_path)
     rng = np.random.default_rng(1)
-    batches = [
-        rng.normal(size=(batch_rows, MLP_FEATURES)).astype(np.float32) for _ in range(BATCHES_PREBUILT)
-    ]
+    batches = [rng.normal(size=(batch_rows, MLP_FEATURES)).astype(np.float32) for _ in range(BATCHES_PREBUILT)]
     session.run(None, {INPUT_NAME: batches[0]})  # warm up
     runs = 0
     started = time.perf_counter()

@@ -45,9 +45,7 @@ async def measure(
     progress(f"{scenario.name}: streamscore")
     settings = worker_settings(bootstrap, topic, outs["streamscore"], cluster.unique("ss"), model_root)
     worker, wall = await run_burst(settings, rows, config.profile if scenario.rows_per_request == 1 else None)
-    await _check_outputs(
-        bootstrap, config.partitions, outs, {"echo": echo, "naive": naive, "streamscore": worker.span}
-    )
+    await _check_outputs(bootstrap, config.partitions, outs, {"echo": echo, "naive": naive, "streamscore": worker.span})
 
     batch_rows = round(statistics.median(worker.batch_rows)) if worker.batch_rows else 256
     progress(f"{scenario.name}: onnxruntime alone, batches of {batch_rows} rows")
@@ -83,9 +81,7 @@ async def measure(
     )
 
 
-async def _check_outputs(
-    bootstrap: str, partitions: int, outs: dict[str, str], spans: dict[str, Span]
-) -> None:
+async def _check_outputs(bootstrap: str, partitions: int, outs: dict[str, str], spans: dict[str, Span]) -> None:
     """Each contender wrote one output per record it reports (no silent loss or duplicates)."""
     for name, topic in outs.items():
         written = await cluster.count_records(bootstrap, topic, partitions)

@@ -27,9 +27,7 @@ ASSIGNMENT_TIMEOUT_S = 30.0
 class TimedWorker(Worker):
     """A Worker that records its span, its batch sizes, and when each request's result was acked."""
 
-    def __init__(
-        self, settings: Settings, rows: int, on_result: Callable[[bytes, float], None] | None = None
-    ):
+    def __init__(self, settings: Settings, rows: int, on_result: Callable[[bytes, float], None] | None = None):
         super().__init__(settings)
         self.span = Span()
         self.batch_rows: list[int] = []

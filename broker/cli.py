@@ -50,9 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="seconds to wait for the broker (default: %(default)s)",
     )
 
-    parser = subparsers.add_parser(
-        "broker", help="run a local single-node Apache Kafka broker (needs java and mvn)"
-    )
+    parser = subparsers.add_parser("broker", help="run a local single-node Apache Kafka broker (needs java and mvn)")
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
     actions.add_parser(
@@ -64,16 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions.add_parser("status", parents=[common], help="print running or stopped, the pid and the address")
     topics = actions.add_parser("topics", help="manage topics on the broker")
     topic_actions = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
-    create = topic_actions.add_parser(
-        "create", parents=[common], help="create topics and wait until they are usable"
-    )
+    create = topic_actions.add_parser("create", parents=[common], help="create topics and wait until they are usable")
     create.add_argument("names", nargs="+", metavar="NAME", help="topic names")
-    create.add_argument(
-        "--partitions", type=int, default=1, help="partitions per topic (default: %(default)s)"
-    )
-    create.add_argument(
-        "--bootstrap-servers", default="", help="another broker (default: the local one at --port)"
-    )
+    create.add_argument("--partitions", type=int, default=1, help="partitions per topic (default: %(default)s)")
+    create.add_argument("--bootstrap-servers", default="", help="another broker (default: the local one at --port)")
     return parser  # fmt: skip
 
 

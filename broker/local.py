@@ -190,9 +190,7 @@ def ensure_tools(*, need_mvn: bool) -> None:
     needed = ("java", "mvn") if need_mvn else ("java",)
     missing = [tool for tool in needed if shutil.which(tool) is None]
     if missing:
-        raise ToolMissingError(
-            f"the local Kafka broker needs {' and '.join(missing)} on PATH: {INSTALL_HINT}"
-        )
+        raise ToolMissingError(f"the local Kafka broker needs {' and '.join(missing)} on PATH: {INSTALL_HINT}")
     result = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False)
     major = java_major_version(result.stderr + result.stdout)
     if major < JAVA_MIN_VERSION:
@@ -368,9 +366,7 @@ def status(config: BrokerConfig = DEFAULT_CONFIG) -> BrokerStatus:
     return BrokerStatus(running=pid is not None, pid=pid, address=config.address)
 
 
-async def create_topics(
-    bootstrap: str, names: Sequence[str], partitions: int = 1, *, timeout_s: float = 30.0
-) -> None:
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, *, timeout_s: float = 30.0) -> None:
     """Create topics (replication factor 1; existing ones are kept) and wait until all their
     partitions have a leader in the metadata."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -403,9 +399,7 @@ async def create_topics(
 def _launch_fresh(config: BrokerConfig, progress: Progress) -> int:
     for port in (config.port, config.controller_port):
         if port_in_use(port):
-            raise LocalBrokerError(
-                f"port {port} is already in use; stop what listens there or pick other ports"
-            )
+            raise LocalBrokerError(f"port {port} is already in use; stop what listens there or pick other ports")
     fetch_jars(config, progress)
     ensure_tools(need_mvn=False)
     config.home.mkdir(parents=True, exist_ok=True)

@@ -56,11 +56,7 @@ def say(message: str) -> None:
 def main() -> int:
     config = local.BrokerConfig(home=REPO / ".kafka", libs=REPO / ".kafka" / "libs")
     started_broker = not local.status(config).running
-    say(
-        "starting the local Kafka broker"
-        if started_broker
-        else "using the local Kafka broker already running"
-    )
+    say("starting the local Kafka broker" if started_broker else "using the local Kafka broker already running")
     bootstrap = local.start(config, timeout_s=120.0)
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -112,9 +108,7 @@ async def publish_and_collect(
     bootstrap: str, csv: Path, timeout_s: float = 90.0
 ) -> tuple[list[ConsumerRecord[bytes, bytes]], list[ConsumerRecord[bytes, bytes]]]:
     """Publish the CSV and the bad records; read what comes back from where the topics ended."""
-    consumer = AIOKafkaConsumer(
-        RESULTS, DEAD, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest"
-    )
+    consumer = AIOKafkaConsumer(RESULTS, DEAD, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
         while not consumer.assignment():

@@ -261,8 +261,7 @@ class FeatureProducer:
         target = DATATYPES[self.datatype] if self.datatype else array.dtype
         if target.kind in "iub" and array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
             raise ConfigError(
-                f"rows hold fractional values that datatype {self.datatype} would truncate; "
-                "send them as FP32 or FP64"
+                f"rows hold fractional values that datatype {self.datatype} would truncate; send them as FP32 or FP64"
             )
         return array
 
@@ -275,8 +274,7 @@ class FeatureProducer:
             return self._generated_ids(rows, rows_per_request)
         if len(ids) != expected:
             raise ValueError(
-                f"{rows} rows at {rows_per_request} per request make {expected} requests, "
-                f"but {len(ids)} ids were given"
+                f"{rows} rows at {rows_per_request} per request make {expected} requests, but {len(ids)} ids were given"
             )
         if len(set(ids)) != len(ids):
             raise ValueError("request ids must be unique")

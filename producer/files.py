@@ -53,14 +53,11 @@ def format_of(path: Path, explicit: str | None = None) -> str:
         return _EXTENSIONS[path.suffix.lower()]
     except KeyError:
         raise ConfigError(
-            f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-            f"pass --format {'|'.join(FORMATS)}"
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; pass --format {'|'.join(FORMATS)}"
         ) from None
 
 
-def read_chunks(
-    path: Path | str, fmt: str | None = None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> Iterator[Chunk]:
+def read_chunks(path: Path | str, fmt: str | None = None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Chunk]:
     """Chunks of rows (and, for jsonl, ready requests) from `path`, in file order."""
     path = Path(path)
     if chunk_rows < 1:
@@ -76,9 +73,7 @@ def read_chunks(
 # CSV
 
 
-def read_csv(
-    path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, header: bool | None = None
-) -> Iterator[Rows]:
+def read_csv(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, header: bool | None = None) -> Iterator[Rows]:
     """Rows of a CSV file of numbers; `header=None` detects a header (a line without numbers)."""
     width: int | None = None
     for block in _blocks(_csv_lines(path, header), chunk_rows):
@@ -217,9 +212,7 @@ def read_npy(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Ro
     except (ValueError, OSError) as error:
         raise ConfigError(f"{path}: not a readable .npy array ({error})") from None
     if array.ndim != 2:
-        raise ConfigError(
-            f"{path}: holds an array of shape {array.shape}; a 2-D array (rows, features) is needed"
-        )
+        raise ConfigError(f"{path}: holds an array of shape {array.shape}; a 2-D array (rows, features) is needed")
     if array.dtype.kind not in "biuf":
         raise ConfigError(f"{path}: holds {array.dtype} values; numbers are needed")
     for start in range(0, array.shape[0], chunk_rows):

@@ -154,9 +154,7 @@ def decode_request(
 
 def _split_binary(value: bytes, header_length: int) -> tuple[bytes, bytes]:
     if not 0 < header_length <= len(value):
-        raise DecodeError(
-            f"header {BINARY_HEADER_LENGTH}={header_length} does not fit a value of {len(value)} bytes"
-        )
+        raise DecodeError(f"header {BINARY_HEADER_LENGTH}={header_length} does not fit a value of {len(value)} bytes")
     return value[:header_length], value[header_length:]
 
 
@@ -192,9 +190,7 @@ def _load_json(text: bytes, limits: Limits) -> Any:
 def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
-    ):
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
         raise DecodeError("'outputs' must be a list of objects with a 'name'")
     return tuple(o["name"] for o in raw)
 
@@ -207,9 +203,7 @@ def _decode_parameters(raw: Any, where: str) -> Mapping[str, Any]:
     return raw
 
 
-def _decode_inputs(
-    raw_inputs: list[Any], binary: bytes, limits: Limits, check_finite: bool
-) -> tuple[Tensor, ...]:
+def _decode_inputs(raw_inputs: list[Any], binary: bytes, limits: Limits, check_finite: bool) -> tuple[Tensor, ...]:
     inputs: list[Tensor] = []
     names: set[str] = set()
     cursor = 0
@@ -234,9 +228,7 @@ def _decode_inputs(
     return tuple(inputs)
 
 
-def _decode_input(
-    raw: Any, position: int, binary: bytes, cursor: int, check_finite: bool
-) -> tuple[Tensor, int]:
+def _decode_input(raw: Any, position: int, binary: bytes, cursor: int, check_finite: bool) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise DecodeError(f"inputs[{position}] must be an object with name, shape, datatype, data")
     name, shape, datatype = raw.get("name"), raw.get("shape"), raw.get("datatype")
@@ -278,9 +270,7 @@ def _array_from_binary(name: str, blob: bytes, shape: list[int], datatype: str) 
     dtype = DATATYPES[datatype].newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize
     if len(blob) != expected:
-        raise ValidationError(
-            f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(blob)}"
-        )
+        raise ValidationError(f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(blob)}")
     return np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False).reshape(shape)
 
 
@@ -317,8 +307,7 @@ def _cast(name: str, raw: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any
         return raw.astype(dtype)
     if raw.dtype.kind not in _KINDS_ACCEPTED[dtype.kind]:
         raise ValidationError(
-            f"input {name!r}: datatype {datatype} cannot hold the values sent "
-            f"({_describe_kind(raw.dtype.kind)})"
+            f"input {name!r}: datatype {datatype} cannot hold the values sent ({_describe_kind(raw.dtype.kind)})"
         )
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -350,9 +339,7 @@ def encode_request(
 ) -> bytes:
     """A V2 request as JSON bytes, from `{name: array-like}` or from Tensors."""
     tensors = (
-        [as_tensor(name, value) for name, value in inputs.items()]
-        if isinstance(inputs, Mapping)
-        else list(inputs)
+        [as_tensor(name, value) for name, value in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
     )
     body: dict[str, Any] = {"inputs": [_tensor_json(t) for t in tensors]}
     if id is not None:
@@ -405,9 +392,7 @@ class ResponseEncoder:
     response is one `orjson.dumps` of numpy views.
     """
 
-    def __init__(
-        self, model_name: str, model_version: str, outputs: Mapping[str, Tensor], *, whole: bool
-    ) -> None:
+    def __init__(self, model_name: str, model_version: str, outputs: Mapping[str, Tensor], *, whole: bool) -> None:
         self.model_name = model_name
         self.model_version = model_version
         self.whole = whole  # one record takes every row, whatever the output shapes

@@ -41,9 +41,7 @@ async def produce(bootstrap: str, topic: str, records: Iterable[Out]) -> None:
     await producer.start()
     try:
         futures = [
-            await producer.send(
-                topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition
-            )
+            await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition)
             for r in records
         ]
         await asyncio.gather(*futures)

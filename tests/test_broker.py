@@ -117,9 +117,7 @@ def test_status_reports_running_broker(kafka_bootstrap: str, kafka_config: local
 
 
 @pytest.mark.kafka
-def test_start_of_running_broker_returns_its_address(
-    kafka_bootstrap: str, kafka_config: local.BrokerConfig
-) -> None:
+def test_start_of_running_broker_returns_its_address(kafka_bootstrap: str, kafka_config: local.BrokerConfig) -> None:
     """Starting a broker that already runs keeps the same process and returns its address."""
     before = local.status(kafka_config).pid
 
@@ -128,9 +126,7 @@ def test_start_of_running_broker_returns_its_address(
 
 
 async def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[tuple[bytes, bytes, int]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
     await consumer.start()
     received: list[tuple[bytes, bytes, int]] = []
     try:

@@ -93,8 +93,7 @@ def test_nested_data_decodes_like_flat_data(inputs: list[Tensor]) -> None:
     """A request whose `data` is nested row-major lists decodes to the same tensors as flat data."""
     body = {
         "inputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": t.data.tolist()}
-            for t in inputs
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": t.data.tolist()} for t in inputs
         ]
     }
 
@@ -312,10 +311,7 @@ def test_nonfinite_binary_data_is_rejected_unless_allowed(number: float) -> None
 
 def _binary_request(inputs: list[tuple[str, str, list[int], bytes]], **extra: Any) -> tuple[bytes, int]:
     header = v2_body(
-        *[
-            {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}}
-            for n, d, s, b in inputs
-        ],
+        *[{"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(b)}} for n, d, s, b in inputs],
         **extra,
     )
     return header + b"".join(b for *_, b in inputs), len(header)
@@ -352,9 +348,7 @@ def test_binary_and_json_inputs_mix() -> None:
     assert [[5], [0.5]] == [t.data.tolist() for t in decoded.inputs]
 
 
-@given(
-    st.integers(1, 4), st.integers(1, 3), st.sampled_from(["FP32", "FP64", "INT64", "INT8", "UINT16", "BOOL"])
-)
+@given(st.integers(1, 4), st.integers(1, 3), st.sampled_from(["FP32", "FP64", "INT64", "INT8", "UINT16", "BOOL"]))
 @settings(max_examples=30)
 def test_binary_size_must_match_the_shape(rows: int, cols: int, datatype: str) -> None:
     """binary_data_size one byte short of shape x itemsize raises ValidationError; exact decodes."""

@@ -84,12 +84,7 @@ def test_worker_runs_two_replicas(services: dict[str, Any]) -> None:
 def test_every_streamscore_variable_is_a_setting(services: dict[str, Any]) -> None:
     """Each STREAMSCORE_* variable in the compose file is one the worker reads."""
     known = set(setting_names())
-    used = {
-        name
-        for service in services.values()
-        for name in environment(service)
-        if name.startswith("STREAMSCORE_")
-    }
+    used = {name for service in services.values() for name in environment(service) if name.startswith("STREAMSCORE_")}
 
     assert used
     assert set() == used - known

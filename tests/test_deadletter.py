@@ -75,8 +75,7 @@ def test_spring_binary_headers_decode_with_struct() -> None:
     assert (2**40 + 3,) == struct.unpack(">q", added[h.DLT_ORIGINAL_OFFSET])
     assert (1_712_345_678_901,) == struct.unpack(">q", added[h.DLT_ORIGINAL_TIMESTAMP])
     assert [4, 8, 8] == [
-        len(added[name])
-        for name in (h.DLT_ORIGINAL_PARTITION, h.DLT_ORIGINAL_OFFSET, h.DLT_ORIGINAL_TIMESTAMP)
+        len(added[name]) for name in (h.DLT_ORIGINAL_PARTITION, h.DLT_ORIGINAL_OFFSET, h.DLT_ORIGINAL_TIMESTAMP)
     ]
 
 

@@ -97,9 +97,7 @@ TWO_INPUTS = LoadedModel(
     [
         pytest.param({"a": _f32([[1, 2]]), "c": [1]}, "unknown input 'c' for model two", id="unknown-input"),
         pytest.param({"a": _f32([[1, 2]])}, "missing input 'b' for model two", id="missing-input"),
-        pytest.param(
-            {"a": [[1, 2]], "b": [1]}, "input 'a' is INT64; model two version 1 takes FP32", id="dtype"
-        ),
+        pytest.param({"a": [[1, 2]], "b": [1]}, "input 'a' is INT64; model two version 1 takes FP32", id="dtype"),
         pytest.param({"a": _f32([[1, 2, 3]]), "b": [1]}, r"shape \[1, 3\]; .* takes \[-1, 2\]", id="shape"),
         pytest.param({"a": _f32([1, 2]), "b": [1, 2]}, r"shape \[2\]; .* takes \[-1, 2\]", id="rank"),
     ],
@@ -145,10 +143,7 @@ def test_make_item_checks_the_request(store: ModelStore) -> None:
 def test_batch_scores_like_each_record_alone(store: ModelStore, row_counts: list[int], seed: int) -> None:
     """One Result per item, in order, with the item's id, the model, and its own rows' outputs."""
     model = _load(store, "mlp")
-    items = [
-        _item(model, {"x": _rows(n, seed + i)}, offset=i, request_id=f"req-{i}")
-        for i, n in enumerate(row_counts)
-    ]
+    items = [_item(model, {"x": _rows(n, seed + i)}, offset=i, request_id=f"req-{i}") for i, n in enumerate(row_counts)]
 
     outcomes = score_batch(items, CORRELATION)
 
@@ -321,23 +316,17 @@ def test_pinned_default_version(root: Path) -> None:
     ("name", "version", "message"),
     [
         pytest.param("nope", None, "unknown model 'nope'", id="unknown-model"),
-        pytest.param(
-            "mlp", "11", "model 'mlp' has no version '11'; available: 1, 9, 10", id="unknown-version"
-        ),
+        pytest.param("mlp", "11", "model 'mlp' has no version '11'; available: 1, 9, 10", id="unknown-version"),
         pytest.param("../outside", None, "unknown model '../outside'", id="name-traversal"),
         pytest.param("mlp/../sklearn", None, "unknown model", id="name-inner-traversal"),
         pytest.param("mlp", "../9", "not a valid version name", id="version-traversal"),
         pytest.param("mlp", "1/../10", "not a valid version name", id="version-inner-traversal"),
     ],
 )
-def test_unknown_or_unsafe_models_are_not_found(
-    root: Path, name: str, version: str | None, message: str
-) -> None:
+def test_unknown_or_unsafe_models_are_not_found(root: Path, name: str, version: str | None, message: str) -> None:
     """Unknown models and versions, and names that climb out of the root, raise ModelNotFoundError."""
     (root.parent / "outside" / "1").mkdir(parents=True, exist_ok=True)
-    (root.parent / "outside" / "1" / "model.onnx").write_bytes(
-        (root / "mlp" / "1" / "model.onnx").read_bytes()
-    )
+    (root.parent / "outside" / "1" / "model.onnx").write_bytes((root / "mlp" / "1" / "model.onnx").read_bytes())
     store = ModelStore(root, default_name="mlp")
 
     with pytest.raises(ModelNotFoundError, match=message):

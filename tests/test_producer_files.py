@@ -223,9 +223,7 @@ class FakeSender:
 async def test_send_rows_splits_into_requests_keyed_by_id() -> None:
     """5 rows at 2 per request make 3 requests whose key is their id and whose data is the rows."""
     fake = FakeSender()
-    producer = FeatureProducer(
-        "unused:9092", "in", model="iris", datatype="FP32", id_prefix="f", producer=fake
-    )
+    producer = FeatureProducer("unused:9092", "in", model="iris", datatype="FP32", id_prefix="f", producer=fake)
     rows = np.arange(10, dtype=np.float64).reshape(5, 2)
     ids = await producer.send_rows(rows, rows_per_request=2)
     expected_ids = ["f-0", "f-2", "f-4"]
@@ -259,9 +257,7 @@ async def test_in_flight_deliveries_are_bounded() -> None:
 
 async def test_unacknowledged_records_are_named() -> None:
     """A failed delivery raises ProduceError naming the failed id; sending stops there."""
-    producer = FeatureProducer(
-        "unused:9092", "in", id_prefix="p", max_in_flight=1, producer=FakeSender({b"p-3"})
-    )
+    producer = FeatureProducer("unused:9092", "in", id_prefix="p", max_in_flight=1, producer=FakeSender({b"p-3"}))
     with pytest.raises(ProduceError) as caught:
         await producer.send_rows(np.zeros((10, 1)))
     message = str(caught.value)
@@ -283,9 +279,7 @@ async def test_send_arrays_sends_one_multi_input_request() -> None:
     """send_arrays puts every named array into one request."""
     fake = FakeSender()
     producer = FeatureProducer("unused:9092", "in", producer=fake)
-    request_id = await producer.send_arrays(
-        {"a": np.ones((2, 3), np.float32), "b": np.zeros((2,), np.int64)}, id="m-1"
-    )
+    request_id = await producer.send_arrays({"a": np.ones((2, 3), np.float32), "b": np.zeros((2,), np.int64)}, id="m-1")
     decoded = decode_request(fake.sent[0]["value"])
     expected = ("m-1", [("a", "FP32"), ("b", "INT64")])
     assert expected == (request_id, [(t.name, t.datatype) for t in decoded.inputs])
@@ -345,9 +339,7 @@ def test_cli_bad_csv_value_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
     assert expected == (code, err.splitlines())
 
 
-def test_cli_unreachable_broker_exits_1_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_unreachable_broker_exits_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No broker at the address: exit 1 and one stderr line saying what to check."""
     path = write(tmp_path / "ok.csv", "1,2\n")
     code = run(parse_produce("--file", str(path), "--bootstrap-servers", "127.0.0.1:1"))

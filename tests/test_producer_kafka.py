@@ -44,9 +44,7 @@ async def test_send_rows_lands_one_record_per_request(kafka_bootstrap: str, make
     (topic,) = await make_topics("in", partitions=3)
     rows = np.arange(20, dtype=np.float32).reshape(10, 2)
     ids = ["r-0", "r-3", "r-6", "r-9"]
-    async with FeatureProducer(
-        kafka_bootstrap, topic, model="iris", model_version="2", datatype="FP32"
-    ) as producer:
+    async with FeatureProducer(kafka_bootstrap, topic, model="iris", model_version="2", datatype="FP32") as producer:
         sent = await producer.send_rows(rows, ids=ids, rows_per_request=3)
 
     records = await read_topic(kafka_bootstrap, topic, 3)
@@ -62,9 +60,7 @@ async def test_send_rows_lands_one_record_per_request(kafka_bootstrap: str, make
     assert all(expected_headers == list(r.headers) for r in records)
 
 
-async def test_send_rows_without_model_sends_no_model_headers(
-    kafka_bootstrap: str, make_topics: MakeTopics
-) -> None:
+async def test_send_rows_without_model_sends_no_model_headers(kafka_bootstrap: str, make_topics: MakeTopics) -> None:
     """Without a configured model, records carry no model headers and generated ids are unique."""
     (topic,) = await make_topics("in", partitions=1)
     async with FeatureProducer(kafka_bootstrap, topic, id_prefix="g") as producer:

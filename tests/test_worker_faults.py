@@ -43,9 +43,7 @@ async def setup(kafka_bootstrap: str, make_topics: Any, tmp_path: Path, unique_g
     root = tmp_path / "models"
     install_model(root, "mlp", "1", make_mlp)
     rows = np.random.default_rng(0).random((RECORDS, 8), dtype=np.float32)
-    records = [
-        Out(f"id-{i}".encode(), encode_request({"x": rows[i : i + 1]}, id=f"id-{i}")) for i in range(RECORDS)
-    ]
+    records = [Out(f"id-{i}".encode(), encode_request({"x": rows[i : i + 1]}, id=f"id-{i}")) for i in range(RECORDS)]
     await produce(kafka_bootstrap, topic_in, records)
     settings = {
         "bootstrap_servers": kafka_bootstrap,
@@ -73,9 +71,7 @@ async def wait_for_results(bootstrap: str, topic: str, at_least: int, timeout_s:
     """Wait until `topic` holds at least `at_least` records (the stream is mid-way)."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     seen = 0
     deadline = time.monotonic() + timeout_s
@@ -149,15 +145,11 @@ async def test_sigkill_mid_stream_loses_nothing(setup: dict[str, Any], kafka_boo
     held = partitions_held(logs, killed)
     assert set(duplicated) <= held, f"duplicates on {sorted(duplicated)}, the killed process held {held}"
     for partition, offsets in duplicated.items():
-        assert min(offsets) >= (before[partition] or 0), (
-            f"partition {partition}: committed records scored again"
-        )
+        assert min(offsets) >= (before[partition] or 0), f"partition {partition}: committed records scored again"
     assert b"worker_process_died" in logs.read_bytes()
 
 
-async def test_sigterm_mid_stream_drains_without_duplicates(
-    setup: dict[str, Any], kafka_bootstrap: str
-) -> None:
+async def test_sigterm_mid_stream_drains_without_duplicates(setup: dict[str, Any], kafka_bootstrap: str) -> None:
     """Scenario:
     1. Two worker processes score a stream of 20 000 requests.
     2. Mid-stream, the worker gets SIGTERM: it stops fetching, drains, commits, exits 0.

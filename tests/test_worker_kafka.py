@@ -73,9 +73,7 @@ def good(i: int, rows: int = 1, features: int = 8) -> bytes:
 
 
 def request(name: str, shape: list[int], datatype: str, data: object, rid: str) -> bytes:
-    return orjson.dumps(
-        {"id": rid, "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
-    )
+    return orjson.dumps({"id": rid, "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]})
 
 
 BAD_INPUTS: dict[str, tuple[Out, str]] = {
@@ -97,9 +95,7 @@ BAD_INPUTS: dict[str, tuple[Out, str]] = {
             json.dumps(
                 {
                     "id": "nan",
-                    "inputs": [
-                        {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [float("nan")] * 8}
-                    ],
+                    "inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [float("nan")] * 8}],
                 }
             ).encode(),
         ),
@@ -111,9 +107,7 @@ BAD_INPUTS: dict[str, tuple[Out, str]] = {
             json.dumps(
                 {
                     "id": "infinity",
-                    "inputs": [
-                        {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [float("inf")] + [0.0] * 7}
-                    ],
+                    "inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [float("inf")] + [0.0] * 7}],
                 }
             ).encode(),
         ),
@@ -161,15 +155,11 @@ async def test_scores_good_records_and_dead_letters_each_bad_input_at_its_stage(
         assert [*original.headers] == original_headers(letter.headers)[: len(original.headers)]
         assert 0 == int.from_bytes(dict(letter.headers)[h.DLT_ORIGINAL_PARTITION], "big")
         assert settings.group_id.encode() == dict(letter.headers)[h.DLT_ORIGINAL_CONSUMER_GROUP]
-    assert_all_committed = await committed(
-        settings.bootstrap_servers, settings.group_id, topics["input"], PARTITIONS
-    )
+    assert_all_committed = await committed(settings.bootstrap_servers, settings.group_id, topics["input"], PARTITIONS)
     assert {0: len(records), 1: None, 2: None} == assert_all_committed
 
 
-async def test_dead_letter_names_the_model_and_version_it_failed_on(
-    settings: Settings, topics: dict[str, str]
-) -> None:
+async def test_dead_letter_names_the_model_and_version_it_failed_on(settings: Settings, topics: dict[str, str]) -> None:
     """A record that fails inference carries the failing model's name, version and sha256."""
     bad = Out(b"raises", request("x", [1, 4], "FP32", [100.0, 0, 0, 0], "raises"), [(h.MODEL, b"failing")])
     await produce(settings.bootstrap_servers, topics["input"], [bad])
@@ -247,9 +237,7 @@ async def test_nonfinite_values_are_scored_when_allowed(settings: Settings, topi
     assert [None, None, None] == orjson.loads(result.value)["outputs"][0]["data"]
 
 
-async def test_batches_never_exceed_a_batch_size_the_model_fixes(
-    settings: Settings, topics: dict[str, str]
-) -> None:
+async def test_batches_never_exceed_a_batch_size_the_model_fixes(settings: Settings, topics: dict[str, str]) -> None:
     """A model whose first dimension is 1 scores many one-row records, each on its own."""
     records = [
         Out(f"s{i}".encode(), request("x", [1, 4], "FP32", [i, 1, 1, 1], f"s{i}"), [(h.MODEL, b"single")])
@@ -288,9 +276,7 @@ async def test_dead_letter_that_cannot_be_written_leaves_the_offset_uncommitted(
     assert 0 == len(await read_topic(kafka_bootstrap, topics["dead"], idle_s=1.0))
 
 
-async def test_every_id_once_across_many_records_and_partitions(
-    settings: Settings, topics: dict[str, str]
-) -> None:
+async def test_every_id_once_across_many_records_and_partitions(settings: Settings, topics: dict[str, str]) -> None:
     """Two thousand requests over three partitions, some with several rows: one result each."""
     records = [Out(f"ok-{i}".encode(), good(i, rows=1 + i % 3)) for i in range(2000)]
     await produce(settings.bootstrap_servers, topics["input"], records)

@@ -51,6 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from broker import cli as broker_cli
     from producer import cli as producer_cli
+    from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
         prog="streamscore", description="Serve ONNX models over Kafka with the Open Inference Protocol."
@@ -77,6 +78,7 @@ def make_parser() -> argparse.ArgumentParser:
         ssl_keyfile=env.ssl_keyfile or None,
     )
     broker_cli.add_parser(commands)
+    registry_cli.add_parser(commands)
     return parser
 
 
@@ -111,6 +113,18 @@ def run_worker(args: argparse.Namespace) -> int:
     return Supervisor(settings).run()
 
 
+def run_model(args: argparse.Namespace) -> int:
+    """`streamscore model ...`: settings from the environment and the `model` flags."""
+    from registry import cli as registry_cli
+
+    overrides = {
+        "model_root": args.model_root,
+        "bootstrap_servers": args.bootstrap_servers,
+        "control_topic": args.control_topic,
+    }
+    return registry_cli.run(args, from_sources(os.environ, overrides))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamscore` console command."""
     try:
@@ -122,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return run_worker(args)
+        if args.command == "model":
+            return run_model(args)
         from broker import cli as broker_cli
         from producer import cli as producer_cli
 

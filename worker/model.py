@@ -137,9 +137,7 @@ def load_model(path: Path, name: str, version: str, *, intra_op_threads: int = 1
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise ModelLoadError(
-            f"onnxruntime cannot load model {name} version {version} from {path}: {error}"
-        ) from error
+        raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} from {path}: {error}") from error
     inputs = tuple(_input_spec(arg) for arg in session.get_inputs())
     outputs = tuple(_output_spec(arg, name) for arg in session.get_outputs())
     return LoadedModel(name, version, hashlib.sha256(content).hexdigest(), session, inputs, outputs)
@@ -222,13 +220,9 @@ class ModelStore:
             return name, version
         available = self.versions(name)
         if not available:
-            raise ModelNotFoundError(
-                f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}"
-            )
+            raise ModelNotFoundError(f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}")
         if version and version not in available:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; available: {', '.join(available)}"
-            )
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {', '.join(available)}")
         return name, version or available[-1]
 
     def cached(self, name: str, version: str) -> LoadedModel | None:

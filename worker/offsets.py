@@ -68,9 +68,7 @@ class OffsetTracker(Generic[P]):
         """How many offsets are taken and not finished (in `partitions`, or in all)."""
         keys = self._partitions.keys() if partitions is None else partitions
         return sum(
-            len(self._partitions[p].pending) - len(self._partitions[p].done)
-            for p in keys
-            if p in self._partitions
+            len(self._partitions[p].pending) - len(self._partitions[p].done) for p in keys if p in self._partitions
         )
 
     def forget(self, partitions: Iterable[P]) -> None:

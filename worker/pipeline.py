@@ -62,9 +62,7 @@ def dead_letter(record: Record, error: Exception, model: LoadedModel | None = No
     return DeadLetter(record, error, fallback_id(record), info)
 
 
-def score_batch(
-    items: Sequence[Item], correlation: Sequence[str], *, check_finite: bool = True
-) -> list[Outcome]:
+def score_batch(items: Sequence[Item], correlation: Sequence[str], *, check_finite: bool = True) -> list[Outcome]:
     """Score items that share a model; a failing batch is split until only bad records fail.
 
     `check_finite`: refuse NaN and Infinity, checked once over the batch (a batch that holds
@@ -98,9 +96,7 @@ def _nonfinite_input(item: Item) -> str | None:
     return None
 
 
-def _score(
-    items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correlation: Sequence[str]
-) -> list[Outcome]:
+def _score(items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correlation: Sequence[str]) -> list[Outcome]:
     model = items[0].model
     try:
         outputs = model.run(feeds)
@@ -137,9 +133,7 @@ def _concatenate(items: Sequence[Item]) -> dict[str, np.ndarray[Any, Any]]:
     return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
-def _encode_results(
-    items: Sequence[Item], outputs: dict[str, Tensor], correlation: Sequence[str]
-) -> list[Outcome]:
+def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlation: Sequence[str]) -> list[Outcome]:
     model = items[0].model
     encoder = ResponseEncoder(model.name, model.version, outputs, whole=len(items) == 1)
     model_headers = [(h.MODEL, model.name.encode()), (h.MODEL_VERSION, model.version.encode())]

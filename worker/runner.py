@@ -71,9 +71,7 @@ class Worker:
         )
         self.clock = clock
         self.limits = Limits(settings.max_record_bytes, settings.max_request_rows, settings.allow_nonfinite)
-        self.batcher: MicroBatcher[Item] = MicroBatcher(
-            settings.max_batch_rows, settings.max_batch_delay_ms / 1000
-        )
+        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_rows, settings.max_batch_delay_ms / 1000)
         self.tracker: OffsetTracker[int] = OffsetTracker()  # by partition of the input topic
         self.ready: deque[Batch[Item]] = deque()
         self.wake = asyncio.Event()  # the score loop: a batch may be ready, or all is acknowledged
@@ -364,9 +362,7 @@ class Worker:
             return
         future.add_done_callback(lambda f: self._acknowledged(outcome, f))
 
-    def _destination(
-        self, outcome: Outcome
-    ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    def _destination(self, outcome: Outcome) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
         if isinstance(outcome, Result):
             return self.settings.results_topic, outcome.key, outcome.value, outcome.headers
         record, error = outcome.record, outcome.error
@@ -434,9 +430,7 @@ class Worker:
                 error = final
         record = outcome.record
         if isinstance(outcome, Result):
-            rejected = ResultRejectedError(
-                f"the result of request {outcome.request_id!r} was refused: {error!r}"
-            )
+            rejected = ResultRejectedError(f"the result of request {outcome.request_id!r} was refused: {error!r}")
             rejected.__cause__ = error
             await self.send(DeadLetter(record, rejected, outcome.request_id, None, attempts=s.retry_attempts))
             return
@@ -449,9 +443,7 @@ class Worker:
             error=repr(error),
             hint="the input offset stays uncommitted; the record is retried after a restart",
         )
-        self.fatal = FatalError(
-            f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written"
-        )
+        self.fatal = FatalError(f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written")
         self.request_stop()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -472,9 +464,7 @@ class Worker:
         assert self.consumer is not None
         if self.fatal is not None:
             return
-        assigned = {
-            tp.partition for tp in self.consumer.assignment() if tp.topic == self.settings.input_topic
-        }
+        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.settings.input_topic}
         offsets = {
             partition: offset
             for partition, offset in self.tracker.committable().items()

@@ -25,6 +25,7 @@ DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 DEFAULT_INPUT_TOPIC = "streamscore.requests"
 DEFAULT_RESULTS_TOPIC = "streamscore.results"
 DEFAULT_GROUP_ID = "streamscore"
+DEFAULT_CONTROL_TOPIC = "streamscore.control"
 DEFAULT_MODEL_ROOT = "models"
 DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
@@ -58,6 +59,8 @@ class Settings:
     results_topic: str = DEFAULT_RESULTS_TOPIC
     dead_letter_topic: str = ""  # empty: "<input_topic>.DLT", as Spring Kafka's plain recoverer
     group_id: str = DEFAULT_GROUP_ID
+    control_topic: str = DEFAULT_CONTROL_TOPIC  # desired model versions (compacted); empty: none
+    shadow_topic: str = ""  # empty: "<results_topic>.shadow"
     # Model
     model_root: str = DEFAULT_MODEL_ROOT
     model_name: str = ""  # the default model; empty: the only model under model_root
@@ -111,6 +114,11 @@ class Settings:
     def dead_letter_topic_name(self) -> str:
         """The dead-letter topic: the setting, or `<input_topic>.DLT`."""
         return self.dead_letter_topic or f"{self.input_topic}.DLT"
+
+    @property
+    def shadow_topic_name(self) -> str:
+        """Where shadow versions' results go: the setting, or `<results_topic>.shadow`."""
+        return self.shadow_topic or f"{self.results_topic}.shadow"
 
     @property
     def worker_name(self) -> str:

@@ -1,0 +1,212 @@
+"""`streamscore model ...`: the registry and the versions in production.
+
+    push FILE --name NAME [--version V]   add a version (registry/push.py)
+    list | show NAME                      what exists, what serves, what workers report
+    promote NAME VERSION | rollback NAME  change what serves
+    canary NAME VERSION --weight W | canary NAME --end
+    shadow NAME VERSION | shadow NAME --end
+    optimize NAME VERSION ...             derive an optimized version (registry/optimize.py)
+    compare NAME ...                      shadow against current (registry/compare.py)
+
+Each subcommand module gives `add_parser(commands)` and `run(args, settings) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from registry import bus, compare, optimize, push
+from registry.control import DesiredState, WorkerStatus
+from registry.manifest import check_name
+from registry.registry import Registry
+from schemas.errors import ConfigError
+from worker.settings import Settings
+
+SUBCOMMANDS = (push, optimize, compare)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `model` and its subcommands to the `streamscore` parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "model",
+        help="the model registry and the versions in production",
+        description="Push, list and show model versions; promote, roll back, canary, shadow, optimize, compare.",
+    )
+    parser.add_argument("--model-root", help="the registry folder (env STREAMSCORE_MODEL_ROOT)")
+    parser.add_argument("--bootstrap-servers", help="Kafka (env STREAMSCORE_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--control-topic", help="env STREAMSCORE_CONTROL_TOPIC")
+    commands = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    for module in SUBCOMMANDS:
+        module.add_parser(commands)
+    commands.add_parser("list", help="models, their versions, and what serves")
+    show = commands.add_parser("show", help="one model: versions, manifests, desired state, worker reports")
+    show.add_argument("name")
+    promote = commands.add_parser("promote", help="serve VERSION (the current one becomes the rollback target)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    rollback = commands.add_parser("rollback", help="serve the previous current version again")
+    rollback.add_argument("name")
+    canary = commands.add_parser("canary", help="send a share of requests (by request id) to VERSION")
+    canary.add_argument("name")
+    canary.add_argument("version", nargs="?")
+    canary.add_argument("--weight", type=float, help="share of requests, between 0 and 1")
+    canary.add_argument("--end", action="store_true", help="end the canary")
+    shadow = commands.add_parser("shadow", help="score every request with VERSION too, into the shadow topic")
+    shadow.add_argument("name")
+    shadow.add_argument("version", nargs="?")
+    shadow.add_argument("--end", action="store_true", help="end the shadow")
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one `model` subcommand."""
+    for module in SUBCOMMANDS:
+        if args.model_command in module.COMMANDS:
+            return int(module.run(args, settings))
+    registry = Registry.at(settings.model_root)
+    if args.model_command == "list":
+        return list_models(registry, settings)
+    if args.model_command == "show":
+        return show_model(registry, settings, args.name)
+    return asyncio.run(change_state(registry, settings, args))
+
+
+async def change_state(registry: Registry, settings: Settings, args: argparse.Namespace) -> int:
+    """promote, rollback, canary, shadow: publish the model's new desired state."""
+    name = check_name("model name", args.name)
+    options = settings.kafka_options()
+    state = (await bus.read_states(options, settings.control_topic)).get(name) or DesiredState(
+        name, current=_highest(registry, name)
+    )
+    command = args.model_command
+    if command == "promote" or (command in ("canary", "shadow") and not args.end):
+        _require_version(registry, name, args.version)
+    if command == "promote":
+        new = state.promote(args.version)
+    elif command == "rollback":
+        new = state.rollback()
+    elif command == "canary":
+        new = state.end_canary() if args.end else state.with_canary(args.version, _weight(args.weight))
+    else:
+        new = state.end_shadow() if args.end else state.with_shadow(args.version)
+    await bus.publish_state(options, settings.control_topic, new)
+    print(f"{name}: {new.change}; current={new.current} canary={_canary(new)} shadow={new.shadow or '-'}")
+    return 0
+
+
+def _highest(registry: Registry, name: str) -> str | None:
+    versions = registry.versions(name)
+    return versions[-1] if versions else None
+
+
+def _require_version(registry: Registry, name: str, version: str | None) -> None:
+    if not version:
+        raise ConfigError(f"give the version of {name}")
+    if not registry.has(name, version):
+        available = ", ".join(registry.versions(name)) or "none"
+        raise ConfigError(f"model {name} has no version {version} in the registry (available: {available})")
+
+
+def _weight(weight: float | None) -> float:
+    if weight is None:
+        raise ConfigError("give the canary's share of requests with --weight, e.g. --weight 0.1")
+    return weight
+
+
+def _canary(state: DesiredState) -> str:
+    return f"{state.canary.version}@{state.canary.weight:g}" if state.canary else "-"
+
+
+def list_models(registry: Registry, settings: Settings) -> int:
+    """Print every model: versions, and the desired state if the control topic has one."""
+    states = _states_or_none(settings)
+    models = registry.models()
+    if not models:
+        print(f"no models in the registry at {settings.model_root}; add one with `streamscore model push`")
+        return 0
+    print(f"{'model':<20} {'versions':<24} {'current':<8} {'canary':<12} shadow")
+    for name in models:
+        state = (states or {}).get(name)
+        current = state.current if state else f"{registry.versions(name)[-1]}*"
+        print(
+            f"{name:<20} {','.join(registry.versions(name)):<24} {current or '-':<8} "
+            f"{_canary(state) if state else '-':<12} {(state.shadow if state else None) or '-'}"
+        )
+    if states is None:
+        print("(the control topic could not be read: * is the highest version, what workers serve without one)")
+    return 0
+
+
+def show_model(registry: Registry, settings: Settings, name: str) -> int:
+    """Print one model: each version's manifest summary, the desired state, and worker reports."""
+    versions = registry.versions(check_name("model name", name))
+    if not versions:
+        raise ConfigError(f"no model {name} in the registry at {settings.model_root}")
+    states = _states_or_none(settings) or {}
+    state = states.get(name)
+    roles = _roles(state)
+    print(f"model {name}")
+    for version in versions:
+        m = registry.manifest(name, version)
+        role = roles.get(version, "")
+        derived = f" from {m.parent}" if m.parent else ""
+        print(
+            f"  version {version:<6} {role:<9} sha256 {m.sha256[:12]}  {m.size:>9} bytes  opset "
+            f"{m.opset.get('', m.opset.get('ai.onnx', '?'))}  {m.created_at}{derived}  {m.source}"
+        )
+        for spec in m.inputs:
+            print(f"      input  {spec.name} {spec.datatype} {spec.shape}")
+        for spec in m.outputs:
+            print(f"      output {spec.name} {spec.datatype} {spec.shape}")
+        if m.measurements:
+            print(f"      measured against {m.parent}: {_short(m.measurements)}")
+        for event in m.history:
+            print(f"      {event.get('at', '')} {event.get('event', '')}: {_short(event)}")
+    if state is not None:
+        print(
+            f"  desired: {state.change} by {state.by} at {state.updated_at}; rollback to "
+            f"{state.previous[-1] if state.previous else '-'}"
+        )
+    else:
+        print(f"  desired: no control record; workers serve the highest version, {versions[-1]}")
+    for status in _statuses(settings, name):
+        failed = "; ".join(f"{v}: {why}" for v, why in status.failed.items()) or "none"
+        print(
+            f"  worker {status.worker}: serves {status.current} canary {status.canary or '-'} "
+            f"shadow {status.shadow or '-'} (at {status.at}); refused: {failed}"
+        )
+    return 0
+
+
+def _roles(state: DesiredState | None) -> dict[str, str]:
+    if state is None:
+        return {}
+    roles = {v: "previous" for v in state.previous[-1:]}
+    if state.current:
+        roles[state.current] = "current"
+    if state.canary:
+        roles[state.canary.version] = "canary"
+    if state.shadow:
+        roles[state.shadow] = "shadow"
+    return roles
+
+
+def _short(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in ("at", "event"))
+
+
+def _states_or_none(settings: Settings) -> dict[str, DesiredState] | None:
+    try:
+        return asyncio.run(asyncio.wait_for(bus.read_states(settings.kafka_options(), settings.control_topic), 15))
+    except Exception:  # no broker, no topic: show what the registry knows
+        return None
+
+
+def _statuses(settings: Settings, name: str) -> list[WorkerStatus]:
+    try:
+        found = asyncio.run(asyncio.wait_for(bus.read_statuses(settings.kafka_options(), settings.control_topic), 15))
+    except Exception:
+        return []
+    return sorted((s for s in found if s.model == name), key=lambda s: s.worker)

@@ -1,0 +1,87 @@
+"""The manifest of a model version: what was pushed, what it looks like, how it was measured."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas.errors import ConfigError
+
+MANIFEST_FILE = "manifest.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+def check_name(what: str, value: str) -> str:
+    """A model name or version that is safe as a folder name, or ConfigError."""
+    if not NAME_PATTERN.match(value):
+        raise ConfigError(
+            f"{what} {value!r} is not valid: use letters, digits, '.', '_' and '-' (at most 128, "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for versions: numeric parts as numbers ("10" > "9", "1.10" > "1.9")."""
+    parts = re.split(r"[._-]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, V2 datatype (or ONNX type for non-tensors), shape."""
+
+    name: str
+    datatype: str
+    shape: list[Dim] | None  # None: not a tensor (a sequence or a map)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything recorded about one version. The artifact and its sha256 never change."""
+
+    name: str
+    version: str
+    sha256: str  # of the ONNX model itself, before any compression
+    size: int  # bytes of the ONNX model itself
+    artifact: str  # the file in the version's folder: model.onnx or model.onnx.gz
+    compression: str  # "none" or "gzip"
+    opset: dict[str, int]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    created_at: str  # ISO 8601, UTC
+    source: str  # where the model came from (a path, a URL, a training run)
+    metadata: dict[str, Any] = field(default_factory=dict)  # free-form: metrics, data reference
+    external_data: list[str] = field(default_factory=list)  # files beside the model, relative
+    parent: str | None = None  # the version this one was derived from (optimize)
+    measurements: dict[str, Any] | None = None  # against the parent (optimize)
+    history: list[dict[str, Any]] = field(default_factory=list)  # append-only events (attempts)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        try:
+            body = orjson.loads(raw)
+            body["inputs"] = [TensorSpec(**spec) for spec in body["inputs"]]
+            body["outputs"] = [TensorSpec(**spec) for spec in body["outputs"]]
+            return cls(**body)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(f"unreadable manifest: {error}") from None
+
+    def with_event(self, event: dict[str, Any]) -> Manifest:
+        """A copy with one more history event (the only change a manifest allows)."""
+        return Manifest(
+            **{
+                **asdict(self),
+                "inputs": self.inputs,
+                "outputs": self.outputs,
+                "history": [*self.history, event],
+            }
+        )

@@ -1,0 +1,92 @@
+"""The model registry: versions of models, each an immutable artifact and its manifest.
+
+Layout in the storage: `<name>/<version>/manifest.json` beside the artifact (`model.onnx`, or
+`model.onnx.gz` when stored compressed) and any external-data files. The manifest is written
+last: a version without a manifest does not exist yet.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+from registry.manifest import MANIFEST_FILE, Manifest, check_name, version_key
+from registry.storage import LocalStorage, Storage, StorageError
+from schemas.errors import ModelLoadError
+
+
+class ArtifactError(ModelLoadError):
+    """An artifact does not match its manifest (corrupted, truncated, replaced)."""
+
+
+class Registry:
+    """Read and add model versions in a storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @classmethod
+    def at(cls, root: Path | str) -> Registry:
+        """The registry in a local or mounted directory."""
+        return cls(LocalStorage(Path(root)))
+
+    def models(self) -> list[str]:
+        """Names of the models that have at least one version."""
+        return [name for name in self.storage.list("") if self.versions(name)]
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of `name` that have a manifest, oldest first."""
+        check_name("model name", name)
+        found = [v for v in self.storage.list(name) if self.storage.exists(f"{name}/{v}/{MANIFEST_FILE}")]
+        return sorted(found, key=version_key)
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        """The manifest of one version; StorageError if there is none."""
+        check_name("model name", name)
+        check_name("model version", version)
+        return Manifest.from_json(self.storage.read(f"{name}/{version}/{MANIFEST_FILE}"))
+
+    def has(self, name: str, version: str) -> bool:
+        return self.storage.exists(f"{name}/{version}/{MANIFEST_FILE}")
+
+    def read_model(self, name: str, version: str) -> bytes:
+        """The ONNX bytes of a version, decompressed and checked against the manifest's sha256."""
+        manifest = self.manifest(name, version)
+        stored = self.storage.read(f"{name}/{version}/{manifest.artifact}")
+        try:
+            model = gzip.decompress(stored) if manifest.compression == "gzip" else stored
+        except (OSError, EOFError) as error:
+            raise ArtifactError(f"model {name} version {version}: artifact is not valid gzip: {error}") from None
+        digest = hashlib.sha256(model).hexdigest()
+        if digest != manifest.sha256:
+            raise ArtifactError(
+                f"model {name} version {version}: sha256 {digest[:12]}... does not match the manifest's "
+                f"{manifest.sha256[:12]}...; the artifact was corrupted or replaced, push it again as a new version"
+            )
+        return model
+
+    def folder(self, name: str, version: str) -> Path | None:
+        """The local folder of a version (for models with external data), if the store has one."""
+        path = self.storage.local_path(f"{name}/{version}/{MANIFEST_FILE}")
+        return None if path is None else path.parent
+
+    def add(self, manifest: Manifest, artifact: bytes, extra: dict[str, bytes] | None = None) -> None:
+        """Store a new version: its artifact and extra files first, the manifest last."""
+        name, version = check_name("model name", manifest.name), check_name("model version", manifest.version)
+        if self.has(name, version):
+            raise StorageError(f"model {name} version {version} already exists; versions are immutable")
+        for relative, data in (extra or {}).items():
+            self.storage.write_new(f"{name}/{version}/{relative}", data)
+        self.storage.write_new(f"{name}/{version}/{manifest.artifact}", artifact)
+        self.storage.write_new(f"{name}/{version}/{MANIFEST_FILE}", manifest.to_json())
+
+    def record(self, name: str, version: str, event: dict[str, object]) -> None:
+        """Append an event (an optimization attempt, ...) to a version's manifest history."""
+        updated = self.manifest(name, version).with_event(dict(event))
+        self.storage.replace(f"{name}/{version}/{MANIFEST_FILE}", updated.to_json())
+
+    def next_version(self, name: str) -> str:
+        """One more than the highest numeric version of `name` ("1" for a new model)."""
+        numeric = [int(v) for v in self.versions(name) if v.isdigit()] if self.storage.list(name) else []
+        return str(max(numeric, default=0) + 1)

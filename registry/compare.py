@@ -1,18 +1,454 @@
-"""Placeholder while `model compare` is written (replaced in the next commits)."""
+"""`streamscore model compare NAME`: how often, and by how much, the shadow version disagrees.
+
+While a shadow version is set, the worker scores every request twice: the current version's
+result goes to the results topic, the shadow version's to the shadow topic, both keyed by the
+request id and headed `streamscore-model`. This command reads both topics from the beginning to
+their end offsets as of the start, keeps the model's records, pairs them by request id and
+compares each pair output by output:
+
+    float outputs        agree when every value is within --atol; max, mean and p99 abs diff
+    probabilities        a [rows, classes] float output with `parameters.labels`, or whose rows
+                         look like probabilities: as floats, plus the label (argmax) of each row
+    labels               int, bool and BYTES outputs: compared exactly, value by value
+
+Deciding is pure (`collect`, `pair_up`, `compare`); `read_side` is the only Kafka I/O.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from registry.manifest import check_name, version_key
+from schemas import headers as h
+from schemas.codec import InferenceResponse, Tensor, decode_response
+from schemas.errors import ConfigError, DecodeError
 from worker.settings import Settings
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS = ("compare",)
+
+DEFAULT_ATOL = 1e-6
+DEFAULT_TIMEOUT_S = 5.0
+PROBABILITY_SUM_TOLERANCE = 1e-3  # rows of a probability matrix sum to 1 within this
+
+FLOAT, PROBABILITIES, LABELS = "float", "probabilities", "labels"
+
+
+class ResultRecord(Protocol):
+    """What `collect` reads of a Kafka record (aiokafka's ConsumerRecord fits)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True)
+class Side:
+    """One topic's responses of the model, by request id (the last one wins), and what failed to decode."""
+
+    responses: Mapping[str, InferenceResponse]
+    unreadable: int = 0
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Responses of the same requests, as (current, shadow), and those found on one side only."""
+
+    matched: Sequence[tuple[InferenceResponse, InferenceResponse]]
+    only_current: Sequence[InferenceResponse] = ()
+    only_shadow: Sequence[InferenceResponse] = ()
+    unreadable_current: int = 0
+    unreadable_shadow: int = 0
+
+
+@dataclass(frozen=True)
+class OutputReport:
+    """How one output differs: in how many requests, by how much, and how often labels agree."""
+
+    name: str
+    kind: str  # float, probabilities, labels
+    requests: int  # pairs in which either side has this output
+    disagreeing: int  # of those, pairs beyond atol, with a different label, or mismatched
+    mismatched: int  # missing on one side, or shapes or kinds differ
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    p99_abs_diff: float | None
+    labels: int  # labels compared (values of label outputs, rows of probabilities)
+    labels_agreeing: int
+
+    @property
+    def label_agreement(self) -> float | None:
+        """The share of labels that agree, or None when the output carries no labels."""
+        return self.labels_agreeing / self.labels if self.labels else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "requests": self.requests,
+            "disagreeing": self.disagreeing,
+            "mismatched": self.mismatched,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "p99_abs_diff": self.p99_abs_diff,
+            "labels": self.labels,
+            "labels_agreeing": self.labels_agreeing,
+            "label_agreement": self.label_agreement,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """The comparison of a shadow version with the current one."""
+
+    atol: float
+    pairs: int
+    disagreeing: int  # pairs in which any output disagrees
+    unpaired_current: int
+    unpaired_shadow: int
+    unreadable_current: int
+    unreadable_shadow: int
+    current_versions: tuple[str, ...]
+    shadow_versions: tuple[str, ...]
+    outputs: tuple[OutputReport, ...]
+
+    @property
+    def disagreement(self) -> float:
+        """The share of pairs that disagree (0 without pairs)."""
+        return self.disagreeing / self.pairs if self.pairs else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "atol": self.atol,
+            "pairs": self.pairs,
+            "disagreeing": self.disagreeing,
+            "disagreement": self.disagreement,
+            "unpaired": {"current": self.unpaired_current, "shadow": self.unpaired_shadow},
+            "unreadable": {"current": self.unreadable_current, "shadow": self.unreadable_shadow},
+            "versions": {"current": list(self.current_versions), "shadow": list(self.shadow_versions)},
+            "outputs": {o.name: o.as_dict() for o in self.outputs},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Deciding: pure
+
+
+def collect(records: Iterable[ResultRecord], model: str) -> Side:
+    """The model's responses among result records, by request id (the key, else the body's id)."""
+    responses: dict[str, InferenceResponse] = {}
+    unreadable = 0
+    for record in records:
+        if h.first(record.headers, (h.MODEL,)) != model or record.value is None:
+            continue
+        try:
+            response = decode_response(record.value)
+        except DecodeError:
+            unreadable += 1
+            continue
+        key = record.key.decode("utf-8", errors="replace") if record.key is not None else response.id
+        responses[key] = response  # a redelivered request was scored again: keep the latest
+    return Side(responses, unreadable)
+
+
+def pair_up(current: Side, shadow: Side, limit: int | None = None) -> Pairs:
+    """Pair responses by request id, in the current side's order; at most `limit` pairs."""
+    matched = [(r, shadow.responses[k]) for k, r in current.responses.items() if k in shadow.responses]
+    return Pairs(
+        matched=matched[:limit] if limit is not None else matched,
+        only_current=[r for k, r in current.responses.items() if k not in shadow.responses],
+        only_shadow=[r for k, r in shadow.responses.items() if k not in current.responses],
+        unreadable_current=current.unreadable,
+        unreadable_shadow=shadow.unreadable,
+    )
+
+
+def compare(pairs: Pairs, *, atol: float = DEFAULT_ATOL) -> Report:
+    """Compare every pair output by output; a pair disagrees when any of its outputs does."""
+    tallies: dict[str, _Tally] = {}
+    disagreeing = 0
+    for current, shadow in pairs.matched:
+        names = dict.fromkeys([t.name for t in current.outputs] + [t.name for t in shadow.outputs])
+        verdicts = [
+            tallies.setdefault(name, _Tally(name)).add(_find(current, name), _find(shadow, name), atol)
+            for name in names
+        ]
+        disagreeing += any(verdicts)
+    return Report(
+        atol=atol,
+        pairs=len(pairs.matched),
+        disagreeing=disagreeing,
+        unpaired_current=len(pairs.only_current),
+        unpaired_shadow=len(pairs.only_shadow),
+        unreadable_current=pairs.unreadable_current,
+        unreadable_shadow=pairs.unreadable_shadow,
+        current_versions=_versions([c for c, _ in pairs.matched], pairs.only_current),
+        shadow_versions=_versions([s for _, s in pairs.matched], pairs.only_shadow),
+        outputs=tuple(t.report() for t in tallies.values()),
+    )
+
+
+def _find(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.outputs if t.name == name), None)
+
+
+def _versions(*groups: Sequence[InferenceResponse]) -> tuple[str, ...]:
+    found = {r.model_version or "unknown" for group in groups for r in group}
+    return tuple(sorted(found, key=version_key))
+
+
+def kind_of(tensor: Tensor) -> str:
+    """How an output is compared: float, probabilities or labels."""
+    data = tensor.data
+    if data.dtype.kind != "f":
+        return LABELS
+    if data.ndim == 2 and data.shape[1] >= 2 and (_labels(tensor) is not None or _looks_like_probabilities(data)):
+        return PROBABILITIES
+    return FLOAT
+
+
+def _labels(tensor: Tensor) -> list[Any] | None:
+    labels = (tensor.parameters or {}).get("labels")
+    return labels if isinstance(labels, list) and len(labels) == tensor.data.shape[-1] else None
+
+
+def _looks_like_probabilities(data: np.ndarray[Any, Any]) -> bool:
+    if data.size == 0 or not np.isfinite(data).all() or data.min() < 0 or data.max() > 1:
+        return False
+    return bool(np.allclose(data.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+
+
+def _row_labels(tensor: Tensor) -> list[Any]:
+    """The label of each row of a probability matrix: its name when the output names them, else its index."""
+    best = np.argmax(tensor.data, axis=1).tolist()
+    names = _labels(tensor)
+    return [names[i] for i in best] if names is not None else best
+
+
+def _abs_diff(current: np.ndarray[Any, Any], shadow: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    a, b = current.astype(np.float64).reshape(-1), shadow.astype(np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(a == b, 0.0, np.abs(a - b))  # equal infinities differ by 0
+    return np.where(np.isnan(a) & np.isnan(b), 0.0, np.nan_to_num(diff, nan=np.inf))
+
+
+@dataclass
+class _Tally:
+    """What `compare` has seen of one output so far."""
+
+    name: str
+    kinds: set[str] = field(default_factory=set)
+    requests: int = 0
+    disagreeing: int = 0
+    mismatched: int = 0
+    diffs: list[np.ndarray[Any, Any]] = field(default_factory=list)
+    labels: int = 0
+    labels_agreeing: int = 0
+
+    def add(self, current: Tensor | None, shadow: Tensor | None, atol: float) -> bool:
+        """Count one pair's output; True when the two versions disagree on it."""
+        self.requests += 1
+        disagrees = self._compare(current, shadow, atol)
+        self.disagreeing += disagrees
+        return disagrees
+
+    def _compare(self, current: Tensor | None, shadow: Tensor | None, atol: float) -> bool:
+        if current is None or shadow is None or current.shape != shadow.shape:
+            self.mismatched += 1
+            self.kinds.update(kind_of(t) for t in (current, shadow) if t is not None)
+            return True
+        kinds = {kind_of(current), kind_of(shadow)}
+        if LABELS in kinds and len(kinds) > 1:  # numbers against labels
+            self.mismatched += 1
+            self.kinds.update(kinds)
+            return True
+        if kinds == {LABELS}:
+            self.kinds.add(LABELS)
+            return self._count_labels(current.data.reshape(-1).tolist(), shadow.data.reshape(-1).tolist())
+        diff = _abs_diff(current.data, shadow.data)
+        self.diffs.append(diff)
+        beyond = bool(diff.size) and bool(diff.max() > atol)
+        if PROBABILITIES in kinds:
+            self.kinds.add(PROBABILITIES)
+            return self._count_labels(_row_labels(current), _row_labels(shadow)) or beyond
+        self.kinds.add(FLOAT)
+        return beyond
+
+    def _count_labels(self, current: list[Any], shadow: list[Any]) -> bool:
+        agreeing = sum(1 for a, b in zip(current, shadow, strict=True) if a == b)
+        self.labels += len(current)
+        self.labels_agreeing += agreeing
+        return agreeing != len(current)
+
+    def report(self) -> OutputReport:
+        diffs = np.concatenate(self.diffs) if self.diffs else np.empty(0)
+        some = diffs.size > 0
+        return OutputReport(
+            name=self.name,
+            kind=next((k for k in (PROBABILITIES, FLOAT, LABELS) if k in self.kinds), FLOAT),
+            requests=self.requests,
+            disagreeing=self.disagreeing,
+            mismatched=self.mismatched,
+            max_abs_diff=float(diffs.max()) if some else None,
+            mean_abs_diff=float(diffs.mean()) if some else None,
+            # "higher": an observed difference, never an interpolation below it
+            p99_abs_diff=float(np.percentile(diffs, 99, method="higher")) if some else None,
+            labels=self.labels,
+            labels_agreeing=self.labels_agreeing,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Showing
+
+
+def render_table(report: Report, model: str, results_topic: str, shadow_topic: str) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"model {model}: {report.pairs} pairs compared ({results_topic} against {shadow_topic})",
+        f"unpaired: {report.unpaired_current} current only, {report.unpaired_shadow} shadow only" + _unreadable(report),
+        f"versions: current {', '.join(report.current_versions) or '-'}; "
+        f"shadow {', '.join(report.shadow_versions) or '-'}",
+        f"disagreement: {report.disagreeing} of {report.pairs} requests ({_percent(report.disagreement)}) "
+        f"beyond atol {report.atol:g} or with a different label",
+        "",
+        f"{'output':<20} {'kind':<13} {'disagree':>9} {'max abs':>10} {'mean abs':>10} {'p99 abs':>10}  labels agree",
+    ]
+    for o in report.outputs:
+        agree = "-" if o.label_agreement is None else f"{_percent(o.label_agreement)} ({o.labels_agreeing}/{o.labels})"
+        mismatched = f"  ({o.mismatched} mismatched)" if o.mismatched else ""
+        lines.append(
+            f"{o.name:<20} {o.kind:<13} {_percent(o.disagreeing / o.requests):>9} {_number(o.max_abs_diff):>10} "
+            f"{_number(o.mean_abs_diff):>10} {_number(o.p99_abs_diff):>10}  {agree}{mismatched}"
+        )
+    return "\n".join(lines)
+
+
+def _unreadable(report: Report) -> str:
+    if not (report.unreadable_current or report.unreadable_shadow):
+        return ""
+    return f"; not V2 responses: {report.unreadable_current} current, {report.unreadable_shadow} shadow"
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.2f} %"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting: Kafka and the command line
+
+
+async def read_side(options: dict[str, Any], topic: str, model: str, idle_s: float) -> tuple[Side, bool]:
+    """The model's responses on `topic`, read up to its end offsets as of now, and whether it got there."""
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        records, complete = await _read_to_end(consumer, topic, idle_s)
+    finally:
+        await consumer.stop()
+    return collect(records, model), complete
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, idle_s: float) -> tuple[list[Any], bool]:
+    if topic not in await consumer.topics():
+        return [], True
+    await consumer._client.force_metadata_update()  # topics() does not fill the partition cache
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    loop = asyncio.get_running_loop()
+    records: list[Any] = []
+    last = loop.time()
+    while await _behind(consumer, ends):
+        if loop.time() - last >= idle_s:
+            return records, False
+        batch = await consumer.getmany(timeout_ms=200)
+        for tp, part in batch.items():
+            records.extend(r for r in part if r.offset < ends[tp])
+        if batch:
+            last = loop.time()
+    return records, True
+
+
+async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return True
+    return False
 
 
 def add_parser(commands: Any) -> None:
-    """Adds nothing yet."""
+    """Add `compare` to the `model` subcommands."""
+    parser = commands.add_parser("compare", help="how often and by how much the shadow version disagrees")
+    parser.add_argument("name")
+    parser.add_argument("--results-topic", help="the current version's results (default: the setting)")
+    parser.add_argument("--shadow-topic", help="the shadow version's results (default: <results-topic>.shadow)")
+    parser.add_argument("--limit", type=int, help="compare at most N pairs")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="float outputs agree within this")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="stop reading after S seconds without new records"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    raise NotImplementedError
+    """Read both topics, compare, print; 2 when there is nothing to compare."""
+    name = check_name("model name", args.name)
+    _check_numbers(args)
+    results_topic = args.results_topic or settings.results_topic
+    shadow_topic = args.shadow_topic or settings.replace(results_topic=results_topic).shadow_topic_name
+    current, shadow = asyncio.run(_read_both(settings.kafka_options(), results_topic, shadow_topic, name, args.timeout))
+    report = compare(pair_up(current, shadow, args.limit), atol=args.atol)
+    if report.pairs == 0:
+        print(
+            f"streamscore model compare: no pairs to compare: {len(current.responses)} results of model {name} "
+            f"on {results_topic}, {len(shadow.responses)} on {shadow_topic}, none for the same request id. "
+            f"A shadow must be set with `streamscore model shadow {name} VERSION`, and requests scored since.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json:
+        body = {"model": name, "results_topic": results_topic, "shadow_topic": shadow_topic, **report.as_dict()}
+        print(json.dumps(body, indent=2))
+    else:
+        print(render_table(report, name, results_topic, shadow_topic))
+    return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    if args.atol < 0:
+        raise ConfigError(f"--atol must not be negative, got {args.atol}")
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, got {args.timeout}")
+
+
+async def _read_both(
+    options: dict[str, Any], results_topic: str, shadow_topic: str, model: str, idle_s: float
+) -> tuple[Side, Side]:
+    (current, current_done), (shadow, shadow_done) = await asyncio.gather(
+        read_side(options, results_topic, model, idle_s), read_side(options, shadow_topic, model, idle_s)
+    )
+    for topic, done in ((results_topic, current_done), (shadow_topic, shadow_done)):
+        if not done:
+            print(
+                f"streamscore model compare: {topic}: no records for {idle_s:g} s, stopped before its end",
+                file=sys.stderr,
+            )
+    return current, shadow

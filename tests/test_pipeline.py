@@ -17,10 +17,11 @@ from schemas import headers as h
 from schemas.codec import Limits, decode_request, decode_response, encode_request
 from schemas.errors import InferenceError, ModelNotFoundError, ValidationError
 from tests.factories import make_record
-from worker.model import InputSpec, LoadedModel, ModelStore, OutputSpec
+from worker.model import InputSpec, LoadedModel, OutputSpec
 from worker.pipeline import decode, make_item, score_batch
 from worker.records import DeadLetter, Item, Result
 from worker.signature import check_request
+from worker.store import ModelStore
 
 FEATURES = 8  # demo.make_mlp's default
 CORRELATION = ("traceparent",)

@@ -57,7 +57,7 @@ class MicroBatcher(Generic[T]):
 
     def due(self, now: float) -> list[Batch[T]]:
         """Close and return the batches whose delay has passed."""
-        keys = [key for key, batch in self._open.items() if now - batch.opened >= self.max_delay]
+        keys = [key for key, batch in self._open.items() if batch.opened + self.max_delay <= now]  # as next_deadline
         return [self._close(key) for key in keys]
 
     def next_deadline(self) -> float | None:

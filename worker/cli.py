@@ -101,7 +101,7 @@ _PRODUCER_ENV = {
 def run_worker(args: argparse.Namespace) -> int:
     """`streamscore worker`: build the settings, check the model, supervise the processes."""
     from worker.logs import configure_logging
-    from worker.model import ModelStore
+    from worker.store import ModelStore
     from worker.supervisor import Supervisor
 
     overrides = {item.name: getattr(args, item.name, None) for item in fields(Settings)}

@@ -1,8 +1,7 @@
 """ONNX models: load one version with onnxruntime, describe its signature, run it.
 
-A model directory holds `<root>/<name>/<version>/model.onnx`. `ModelStore` finds versions
-(the highest by default, or a pinned one), loads them once and keeps them; `LoadedModel`
-runs one batch and turns whatever onnxruntime returns into named tensors.
+`load_model` loads and warms up one version; `LoadedModel` runs one batch and turns whatever
+onnxruntime returns into named tensors. Which versions exist and serve is `worker.store`'s.
 
 Outputs that are not tensors: a sequence of maps (what skl2onnx's ZipMap gives for
 classifier probabilities, `[{label: p, ...}, ...]`) becomes a `[rows, labels]` tensor whose
@@ -13,7 +12,6 @@ columns follow the map's label order, with the labels in the output's
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from schemas.codec import Tensor
-from schemas.errors import InferenceError, ModelLoadError, ModelNotFoundError
-
-MODEL_FILE = "model.onnx"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from schemas.codec import DATATYPES, Tensor
+from schemas.errors import InferenceError, ModelLoadError
 
 #: onnxruntime's element type names -> V2 datatypes
 ORT_DATATYPES = {
@@ -124,23 +119,50 @@ def _as_tensor(spec: OutputSpec, value: Any) -> Tensor:
     return Tensor(spec.name, spec.datatype, array)
 
 
-def load_model(path: Path, name: str, version: str, *, intra_op_threads: int = 1) -> LoadedModel:
-    """Load `path` with onnxruntime on the CPU; raise ModelLoadError saying why not."""
+def load_model(
+    source: Path | bytes, name: str, version: str, *, sha256: str | None = None, intra_op_threads: int = 1
+) -> LoadedModel:
+    """Load a model (a file, or its bytes) with onnxruntime on the CPU and warm it up.
+
+    Raises ModelLoadError saying why the model cannot be served: unreadable, refused by
+    onnxruntime, an output type that cannot be served, or a warm-up inference that fails.
+    """
+    where = str(source) if isinstance(source, Path) else "from bytes"
     try:
-        content = path.read_bytes()
+        content = source.read_bytes() if isinstance(source, Path) else source
     except OSError as error:
-        raise ModelLoadError(f"cannot read model {name} version {version} at {path}: {error}") from error
+        raise ModelLoadError(f"cannot read model {name} version {version} at {where}: {error}") from error
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # failures reach the dead letter; keep stderr for ours
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(source) if isinstance(source, Path) else source, options, providers=["CPUExecutionProvider"]
+        )
     except Exception as error:
-        raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} from {path}: {error}") from error
+        raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} ({where}): {error}") from error
     inputs = tuple(_input_spec(arg) for arg in session.get_inputs())
     outputs = tuple(_output_spec(arg, name) for arg in session.get_outputs())
-    return LoadedModel(name, version, hashlib.sha256(content).hexdigest(), session, inputs, outputs)
+    model = LoadedModel(name, version, sha256 or hashlib.sha256(content).hexdigest(), session, inputs, outputs)
+    warm_up(model)
+    return model
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run one inference on a sample built from the signature (free dimensions = 1)."""
+    feeds = {
+        spec.name: np.zeros([1 if d is None else d for d in spec.shape], dtype=DATATYPES[spec.datatype])
+        if spec.datatype != "BYTES"
+        else np.full([1 if d is None else d for d in spec.shape], "", dtype=object)
+        for spec in model.inputs
+    }
+    try:
+        model.run(feeds)
+    except InferenceError as error:
+        raise ModelLoadError(
+            f"model {model.name} version {model.version} fails its warm-up inference: {error}"
+        ) from error
 
 
 def _input_spec(arg: Any) -> InputSpec:
@@ -161,79 +183,3 @@ def _output_spec(arg: Any, model: str) -> OutputSpec:
     if kind_type.startswith("seq(") and inner in ORT_DATATYPES:
         return OutputSpec(arg.name, "seq_tensor", ORT_DATATYPES[inner])
     raise ModelLoadError(f"model {model}: output {arg.name!r} of type {kind_type} cannot be served")
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key for versions: numeric parts as numbers ("10" > "9", "1.10" > "1.9")."""
-    parts = re.split(r"[._-]", version)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
-
-
-class ModelStore:
-    """The models under a root directory, loaded on first use and kept."""
-
-    def __init__(
-        self, root: Path, *, default_name: str = "", pinned_version: str = "", intra_op_threads: int = 1
-    ) -> None:
-        self.root = root
-        self.pinned_version = pinned_version
-        self.intra_op_threads = intra_op_threads
-        self.default_name = default_name or self._only_model()
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}
-        self._resolved: dict[tuple[str | None, str | None], tuple[str, str]] = {}
-
-    def _only_model(self) -> str:
-        names = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
-        if len(names) != 1:
-            raise ModelLoadError(
-                f"no default model: {self.root} holds {len(names)} model folders ({', '.join(names)});"
-                " set STREAMSCORE_MODEL_NAME"
-            )
-        return names[0]
-
-    def versions(self, name: str) -> list[str]:
-        """The versions of `name` on disk, oldest first."""
-        folder = self.root / name
-        if not NAME_PATTERN.match(name) or not folder.is_dir():
-            return []
-        found = [p.parent.name for p in folder.glob(f"*/{MODEL_FILE}") if NAME_PATTERN.match(p.parent.name)]
-        return sorted(found, key=version_key)
-
-    def resolve(self, name: str | None, version: str | None) -> tuple[str, str]:
-        """Which (name, version) a request for `name`/`version` gets; ModelNotFoundError if none.
-
-        Answers are kept: the versions served change only when the worker is told (a restart
-        today; the control topic of the model lifecycle later), not when a folder appears.
-        """
-        found = self._resolved.get((name, version))
-        if found is None:
-            found = self._resolved[(name, version)] = self._resolve(name, version)
-        return found
-
-    def _resolve(self, name: str | None, version: str | None) -> tuple[str, str]:
-        name = name or self.default_name
-        if version and not NAME_PATTERN.match(version):
-            raise ModelNotFoundError(f"model version {version!r} is not a valid version name")
-        if not version and name == self.default_name and self.pinned_version:
-            version = self.pinned_version
-        if version and (name, version) in self._loaded:
-            return name, version
-        available = self.versions(name)
-        if not available:
-            raise ModelNotFoundError(f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}")
-        if version and version not in available:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {', '.join(available)}")
-        return name, version or available[-1]
-
-    def cached(self, name: str, version: str) -> LoadedModel | None:
-        """The loaded model, if it is loaded."""
-        return self._loaded.get((name, version))
-
-    def load(self, name: str, version: str) -> LoadedModel:
-        """Load (blocking: call it from a thread) and keep one version."""
-        model = self._loaded.get((name, version))
-        if model is None:
-            path = self.root / name / version / MODEL_FILE
-            model = load_model(path, name, version, intra_op_threads=self.intra_op_threads)
-            self._loaded[(name, version)] = model
-        return model

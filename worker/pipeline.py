@@ -82,7 +82,7 @@ def _without_nonfinite(items: Sequence[Item], correlation: Sequence[str]) -> lis
     clean = [item for i, item in enumerate(items) if i not in bad]
     scored = iter(_score(clean, _concatenate(clean), correlation) if clean else ())
     return [
-        DeadLetter(item.record, nonfinite_error(bad[i]), item.request_id, _info(item.model))
+        DeadLetter(item.record, nonfinite_error(bad[i]), item.request_id, _info(item.model), shadow=item.shadow)
         if i in bad
         else next(scored)
         for i, item in enumerate(items)
@@ -102,7 +102,7 @@ def _score(items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correl
         outputs = model.run(feeds)
     except InferenceError as error:
         if len(items) == 1:
-            return [DeadLetter(items[0].record, error, items[0].request_id, _info(model))]
+            return [DeadLetter(items[0].record, error, items[0].request_id, _info(model), shadow=items[0].shadow)]
         middle = len(items) // 2
         return _score(items[:middle], _concatenate(items[:middle]), correlation) + _score(
             items[middle:], _concatenate(items[middle:]), correlation
@@ -146,7 +146,7 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         headers = model_headers
         if item.record.headers:
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
-        results.append(Result(item.record, item.request_id, item.request_id.encode(), value, headers))
+        results.append(Result(item.record, item.request_id, item.request_id.encode(), value, headers, item.shadow))
     return results
 
 

@@ -56,6 +56,7 @@ class Item:
     model: LoadedModel
     key: Hashable = None  # items with equal keys can share a batch
     rows: int = 1
+    shadow: bool = False  # scored by a shadow version: its result goes to the shadow topic
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class Result:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+    shadow: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +80,7 @@ class DeadLetter:
     request_id: str
     model: tuple[str, str, str] | None = None  # name, version, sha256
     attempts: int = 1
+    shadow: bool = False
 
 
 Outcome = Result | DeadLetter

@@ -23,6 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from registry.control import STATUS_SUFFIX
 from schemas.codec import InferenceRequest, Limits
 from schemas.errors import (
     BrokerUnavailableError,
@@ -33,13 +34,16 @@ from schemas.errors import (
     ResultRejectedError,
 )
 from worker.batcher import Batch, MicroBatcher
+from worker.control import ControlFollower
 from worker.deadletter import dead_letter_headers
-from worker.model import LoadedModel, ModelStore
+from worker.model import LoadedModel
 from worker.offsets import OffsetTracker
-from worker.pipeline import dead_letter, decode, make_item, model_choice, score_batch
+from worker.pipeline import dead_letter, decode, fallback_id, make_item, model_choice, score_batch
 from worker.records import DeadLetter, Item, Outcome, Result
 from worker.retry import is_retriable, retrying
+from worker.serving import Serving
 from worker.settings import Settings
+from worker.store import ModelStore
 
 log = structlog.get_logger("streamscore.worker")
 
@@ -81,13 +85,15 @@ class Worker:
         self.fatal: BaseException | None = None
         self.in_flight = 0
         self.paused = False
-        self.counts = {"results": 0, "dead_letters": 0, "rows": 0}
+        self.counts = {"results": 0, "dead_letters": 0, "rows": 0, "shadow": 0}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._joined = False
+        self.serving = Serving(self.store, self.executor, settings.worker_name)
+        self.control: ControlFollower | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,16 +117,7 @@ class Worker:
         self.room.set()
 
     async def startup(self) -> None:
-        """Load the default model, connect to Kafka, join the group, start the loops."""
-        name, version = self.store.resolve(None, None)
-        model = await self._load(name, version)
-        log.info(
-            "model_loaded",
-            model=model.name,
-            version=model.version,
-            sha256=model.sha256,
-            inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
-        )
+        """Connect, apply the control topic's desired states, load the default model, join the group."""
         s = self.settings
         options = s.kafka_options()
         self.producer = AIOKafkaProducer(
@@ -146,10 +143,24 @@ class Worker:
         )
         self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
         await self._connect(self.producer.start, "producer")
+        if s.control_topic:
+            self.control = ControlFollower(options, s.control_topic, self.serving.apply)
+            self.serving.publish = self._publish_status
+            await self._connect(self.control.start, "control consumer")
+        model = await self.serving.load_default()
+        log.info(
+            "model_serving",
+            model=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
+        )
         await self._connect(self.consumer.start, "consumer")
         self._joined = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.score_loop()), loop.create_task(self.commit_loop())]
+        if self.control is not None:
+            self._tasks.append(loop.create_task(self.control.follow()))
         log.info(
             "worker_started",
             topic=s.input_topic,
@@ -222,6 +233,8 @@ class Worker:
             )
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.control is not None:
+            await self.control.stop()
         if self.producer is not None:
             await self.producer.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -236,7 +249,8 @@ class Worker:
         self.in_flight += 1
         try:
             request = decode(record, self.limits)
-            name, version = self.store.resolve(*model_choice(record))
+            name, version = model_choice(record)
+            name, version = self.store.resolve(name, version, request.id or fallback_id(record))
         except RecordError as error:
             return dead_letter(record, error)
         model = self.store.cached(name, version)
@@ -245,12 +259,17 @@ class Worker:
         return self._item(record, request, model)
 
     async def _take_with_load(self, record: Any) -> Item | DeadLetter:
-        """The rare path of `_take`: the record names a model version not loaded yet."""
+        """The rare path of `_take`: the record names a model or version not loaded yet."""
         request = decode(record, self.limits)
-        name, version = self.store.resolve(*model_choice(record))
+        name, pinned = model_choice(record)
         try:
-            model = await self._load_for_request(name, version)
-        except RecordError as error:
+            if pinned:
+                model = await self._load_for_request(*self.store.resolve(name, pinned))
+            else:
+                model = await self.serving.load_default(name)
+        except (RecordError, ModelLoadError) as error:
+            if isinstance(error, ModelLoadError):
+                error = ModelNotFoundError(f"model {name} cannot be served: {error}")
             return dead_letter(record, error)
         return self._item(record, request, model)
 
@@ -268,17 +287,22 @@ class Worker:
         if isinstance(outcome, DeadLetter):
             await self.send(outcome)
             return
-        closed = self.batcher.add(outcome.key, outcome, outcome.rows, self.clock(), outcome.model.fixed_batch)
+        self._batch(outcome)
+        shadow = self.serving.shadow_model(outcome.model)
+        if shadow is not None and not model_choice(record)[1]:
+            twin = self._item(record, outcome.request, shadow)
+            if isinstance(twin, Item):
+                twin.shadow = True
+                self._batch(twin)
+
+    def _batch(self, item: Item) -> None:
+        closed = self.batcher.add(item.key, item, item.rows, self.clock(), item.model.fixed_batch)
         if closed:
             self.ready.extend(closed)
 
-    async def _load(self, name: str, version: str) -> LoadedModel:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.store.load, name, version)
-
     async def _load_for_request(self, name: str, version: str) -> LoadedModel:
         try:
-            model = await self._load(name, version)
+            model = await self.serving.load(name, version)
         except ModelLoadError as error:
             raise ModelNotFoundError(f"model {name} version {version} cannot be served: {error}") from error
         log.info("model_loaded", model=model.name, version=model.version, sha256=model.sha256)
@@ -354,6 +378,9 @@ class Worker:
     async def send(self, outcome: Outcome) -> None:
         """Send a result or dead letter; its offset finishes when the broker acknowledges it."""
         assert self.producer is not None
+        if isinstance(outcome, DeadLetter) and outcome.shadow:
+            log.warning("shadow_failed", request_id=outcome.request_id, model=outcome.model, error=str(outcome.error))
+            return
         topic, key, value, headers = self._destination(outcome)
         try:
             future = await self.producer.send(topic, value=value, key=key, headers=headers)
@@ -364,7 +391,8 @@ class Worker:
 
     def _destination(self, outcome: Outcome) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
         if isinstance(outcome, Result):
-            return self.settings.results_topic, outcome.key, outcome.value, outcome.headers
+            topic = self.settings.shadow_topic_name if outcome.shadow else self.settings.results_topic
+            return topic, outcome.key, outcome.value, outcome.headers
         record, error = outcome.record, outcome.error
         stage = error.stage if isinstance(error, RecordError) else "infer"
         headers = dead_letter_headers(
@@ -386,6 +414,9 @@ class Worker:
         self._finish(outcome)
 
     def _finish(self, outcome: Outcome) -> None:
+        if outcome.shadow:  # shadow results are best effort: no offset waits for them
+            self.counts["shadow"] += 1
+            return
         record = outcome.record
         self.tracker.finish(record.partition, record.offset)
         self.in_flight -= 1
@@ -417,6 +448,9 @@ class Worker:
     async def _resend(self, outcome: Outcome, error: BaseException) -> None:
         """Retry a send that failed for a transient reason; else dead-letter, or stop uncommitted."""
         assert self.producer is not None
+        if outcome.shadow:
+            log.warning("shadow_result_lost", request_id=outcome.request_id, error=repr(error))
+            return
         topic, key, value, headers = self._destination(outcome)
         s = self.settings
         if is_retriable(error):
@@ -445,6 +479,19 @@ class Worker:
         )
         self.fatal = FatalError(f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written")
         self.request_stop()
+
+    async def _publish_status(self, key: bytes, value: bytes) -> None:
+        """Send a status record in the background (a missing status topic must not stall us)."""
+        assert self.producer is not None
+        producer, topic = self.producer, self.settings.control_topic + STATUS_SUFFIX
+
+        async def send() -> None:
+            try:
+                await producer.send_and_wait(topic, value=value, key=key)
+            except Exception as error:
+                log.warning("status_not_published", topic=topic, error=repr(error))
+
+        self._spawn(send())
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

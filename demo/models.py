@@ -190,3 +190,45 @@ def _write(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, path)
     return path
+
+
+SKLEARN_MLP_FEATURES = 32
+SKLEARN_MLP_CLASSES = 4
+SKLEARN_MLP_HIDDEN = 128
+
+
+def make_sklearn_mlp(path: Path, seed: int = 0) -> Path:
+    """Write a scikit-learn MLPClassifier (32 features, 128 hidden, 4 classes) converted by skl2onnx.
+
+    Default converter options, as for :func:`make_sklearn_classifier`: ``x`` FP32 [None, 32] ->
+    ``output_label`` INT64 and a ZipMap ``output_probability``. Unlike a LogisticRegression (an
+    ``ai.onnx.ml`` LinearClassifier), its MatMul weights are what int8 quantization shrinks.
+    """
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
+
+    features, labels = sklearn_mlp_data(seed=seed)
+    # 500 iterations: it converges (about 330), so no ConvergenceWarning reaches strict pytest
+    model = MLPClassifier(hidden_layer_sizes=(SKLEARN_MLP_HIDDEN,), max_iter=500, random_state=seed)
+    model.fit(features, labels)
+    onnx_model = to_onnx(
+        model,
+        initial_types=[("x", FloatTensorType([None, SKLEARN_MLP_FEATURES]))],
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+    )
+    return _write(onnx_model, path)
+
+
+def sklearn_mlp_data(count: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(rows, labels)`` of the distribution :func:`make_sklearn_mlp` trains on (FP32 rows)."""
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(
+        n_samples=count,
+        n_features=SKLEARN_MLP_FEATURES,
+        n_informative=12,
+        n_classes=SKLEARN_MLP_CLASSES,
+        random_state=seed,
+    )
+    return features.astype(np.float32), labels

@@ -1,18 +1,492 @@
-"""Placeholder while `model optimize` is written (replaced in the next commits)."""
+"""`streamscore model optimize NAME VERSION`: derive a version, measure it against its parent, gate it.
+
+`optimize_model` reads as its steps:
+
+    1. transform   quantize (pre-process, then quantize_dynamic or quantize_static), then
+                   onnxruntime's offline graph optimization at the chosen level
+    2. measure     run parent and candidate with `worker.model.load_model` (ZipMap outputs become
+                   [rows, classes] tensors) on the same sample; sizes, interleaved latency, and per
+                   output the max/mean absolute difference and the label agreement
+    3. judge       pure: refuse if a float output moves more than the tolerance, or a label
+                   agreement falls below the minimum
+    4. conclude    append the attempt to the parent's history; register the candidate if accepted
+
+Label agreement is measured on outputs that are not floats (int64 labels: the share of rows whose
+values all agree) and on probability outputs (a ZipMap, or a [rows, classes] float output whose
+rows sum to 1: the share of rows with the same argmax).
+"""
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from producer.files import read_chunks
+from registry.manifest import Manifest, check_name
+from registry.registry import Registry
+from schemas.codec import DATATYPES, Tensor
+from schemas.errors import ConfigError, ModelLoadError
+from worker.model import LoadedModel, load_model
 from worker.settings import Settings
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS = ("optimize",)
+
+GRAPH_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # may add layouts specific to this CPU
+}
+QUANTIZE_MODES = ("none", "dynamic", "static")
+DEFAULT_GRAPH = "extended"
+DEFAULT_QUANTIZE = "none"
+DEFAULT_BATCH = 64
+DEFAULT_TOLERANCE = 1e-3  # graph rewrites only reorder float arithmetic
+DEFAULT_QUANTIZED_TOLERANCE = 0.05  # int8 moves probabilities by ~0.02-0.045 on our MLPs; labels gate the rest
+DEFAULT_MIN_LABEL_AGREEMENT = 0.99
+SAMPLE_BATCHES = 16  # a generated sample is 16 batches: agreement resolves 1/1024 at batch 64, not 1/64
+SAMPLE_SEED = 0
+LATENCY_RUNS = 30
+WARMUP_RUNS = 3
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+Feeds = dict[str, np.ndarray[Any, Any]]
+Clock = Callable[[], int]
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """What to do and how strictly to judge it (checked by `make_options`)."""
+
+    graph: str = DEFAULT_GRAPH
+    quantize: str = DEFAULT_QUANTIZE
+    calibration: Path | None = None
+    sample: Path | None = None
+    batch: int = DEFAULT_BATCH
+    tolerance: float = DEFAULT_TOLERANCE
+    min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT
+
+    def used(self) -> dict[str, Any]:
+        """The settings as recorded in measurements (paths as text, the sample named)."""
+        body = asdict(self)
+        body["calibration"] = str(self.calibration) if self.calibration else None
+        body["sample"] = str(self.sample) if self.sample else f"generated (seed {SAMPLE_SEED})"
+        return body
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The outcome: accepted with the new version, or refused with the reason."""
+
+    accepted: bool
+    version: str | None
+    measurements: dict[str, Any]
+    reason: str
+
+
+def make_options(
+    graph: str = DEFAULT_GRAPH,
+    quantize: str = DEFAULT_QUANTIZE,
+    calibration: Path | str | None = None,
+    sample: Path | str | None = None,
+    batch: int = DEFAULT_BATCH,
+    tolerance: float | None = None,
+    min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT,
+) -> OptimizeOptions:
+    """Checked options; ConfigError saying what to change."""
+    if graph not in GRAPH_LEVELS or quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"use --graph {'|'.join(GRAPH_LEVELS)} and --quantize {'|'.join(QUANTIZE_MODES)}")
+    if graph == "none" and quantize == "none":
+        raise ConfigError("nothing to do: --graph none with --quantize none would copy the parent")
+    if (quantize == "static") != (calibration is not None):
+        raise ConfigError("--quantize static needs --calibration FILE, and only static quantization uses one")
+    if batch < 1 or not 0.0 <= min_label_agreement <= 1.0 or (tolerance is not None and tolerance < 0):
+        raise ConfigError("--batch must be at least 1, --tolerance at least 0, --min-label-agreement in [0, 1]")
+    default = DEFAULT_TOLERANCE if quantize == "none" else DEFAULT_QUANTIZED_TOLERANCE
+    return OptimizeOptions(
+        graph,
+        quantize,
+        Path(calibration) if calibration is not None else None,
+        Path(sample) if sample is not None else None,
+        batch,
+        default if tolerance is None else tolerance,
+        min_label_agreement,
+    )
+
+
+def optimize_model(
+    registry: Registry,
+    name: str,
+    version: str,
+    *,
+    graph: str = DEFAULT_GRAPH,
+    quantize: str = DEFAULT_QUANTIZE,
+    calibration: Path | str | None = None,
+    sample: Path | str | None = None,
+    batch: int = DEFAULT_BATCH,
+    tolerance: float | None = None,
+    min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT,
+    new_version: str | None = None,
+    clock: Clock = time.perf_counter_ns,
+) -> OptimizeResult:
+    """Derive a version of `name` `version`, measure it, and register it only if it passes the gate."""
+    options = make_options(graph, quantize, calibration, sample, batch, tolerance, min_label_agreement)
+    parent = registry.manifest(name, version)
+    target = check_name("model version", new_version or registry.next_version(name))
+    if registry.has(name, target):
+        raise ConfigError(f"model {name} version {target} already exists; pick another with --version")
+    with tempfile.TemporaryDirectory(prefix="streamscore-optimize-") as folder:
+        workdir = Path(folder)
+        parent_path = _write_parent(registry, parent, workdir)
+        parent_model = load_model(parent_path, name, version)
+        calibration_feeds = _file_feeds(parent_model, options.calibration, options.batch) if options.calibration else []
+        candidate_path = transform(parent_path, options, workdir, calibration_feeds)
+        candidate_model = load_model(candidate_path, name, target)
+        content = candidate_path.read_bytes()
+        measured = measure(parent_model, candidate_model, options, clock)
+    measurements = {"parent_size": parent.size, "size": len(content), **measured}
+    reason = judge(measurements["outputs"], options.tolerance, options.min_label_agreement)
+    return _conclude(registry, parent, target, content, options, measurements, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. transform
+
+
+def transform(source: Path, options: OptimizeOptions, workdir: Path, calibration: Sequence[Feeds]) -> Path:
+    """The candidate model file: quantized (if asked), then graph-optimized (if asked)."""
+    current = source
+    if options.quantize != "none":
+        current = quantize_model(current, options.quantize, workdir, calibration)
+    if options.graph != "none":
+        current = optimize_graph(current, options.graph, workdir / "optimized.onnx")
+    return current
+
+
+def optimize_graph(source: Path, level: str, target: Path) -> Path:
+    """Let onnxruntime apply its graph optimizations at `level` and save the result."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_LEVELS[level]
+    options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3  # "all" warns that its layouts suit this CPU; --help says so
+    try:
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises plain RuntimeError subclasses
+        raise ModelLoadError(f"onnxruntime could not optimize the graph at level {level}: {error}") from error
+    return target
+
+
+def quantize_model(source: Path, mode: str, workdir: Path, calibration: Sequence[Feeds]) -> Path:
+    """Pre-process (shape inference, basic fusions) and quantize weights to int8."""
+    from onnxruntime import quantization as q  # heavy: imported only when quantizing
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared, target = workdir / "prepared.onnx", workdir / "quantized.onnx"
+    try:
+        # symbolic shape inference needs sympy and is for dynamic transformer shapes; onnx's is enough here
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        if mode == "dynamic":
+            q.quantize_dynamic(prepared, target, weight_type=q.QuantType.QInt8)
+        else:  # U8S8 in QDQ format is what onnxruntime recommends on x86-64 CPUs
+            q.quantize_static(
+                prepared,
+                target,
+                _Calibration(calibration),
+                quant_format=q.QuantFormat.QDQ,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,  # histogram methods fail on ZipMap outputs
+            )
+    except Exception as error:
+        raise ModelLoadError(f"onnxruntime could not apply {mode} quantization: {error}") from error
+    return target
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over prepared batches (duck-typed: it only calls get_next)."""
+
+    def __init__(self, feeds: Sequence[Feeds]) -> None:
+        self._feeds: Iterator[Feeds] = iter(feeds)
+
+    def get_next(self) -> Feeds | None:
+        return next(self._feeds, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. measure
+
+
+def measure(parent: LoadedModel, candidate: LoadedModel, options: OptimizeOptions, clock: Clock) -> dict[str, Any]:
+    """Outputs compared on the sample, and per-row latency of both, timed interleaved."""
+    feeds = _file_feeds(parent, options.sample, options.batch) if options.sample else generate_feeds(parent, options)
+    expected, actual = _run_all(parent, feeds), _run_all(candidate, feeds)
+    parent_latency, latency = time_interleaved(parent, candidate, feeds[0], clock)
+    return {
+        "rows": int(sum(len(next(iter(f.values()))) for f in feeds)),
+        "parent_latency_us_per_row": parent_latency,
+        "latency_us_per_row": latency,
+        "outputs": {name: compare_output(expected[name], actual[name]) for name in expected},
+        "settings": options.used(),
+    }
+
+
+def generate_feeds(model: LoadedModel, options: OptimizeOptions) -> list[Feeds]:
+    """Seeded random batches from the signature: normal floats, small ints; free dims = batch."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    step = model.fixed_batch or options.batch
+    arrays: Feeds = {}
+    for spec in model.inputs:
+        if not spec.shape or spec.datatype == "BYTES":
+            raise ConfigError(
+                f"cannot generate rows for input {spec.name!r} {spec.datatype} {spec.shape}; use --sample"
+            )
+        shape = (step * SAMPLE_BATCHES, *(options.batch if d is None else d for d in spec.shape[1:]))
+        dtype = DATATYPES[spec.datatype]
+        values = (
+            rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2 if dtype.kind == "b" else 10, shape)
+        )
+        arrays[spec.name] = values.astype(dtype)
+    return _split(arrays, model.fixed_batch, step)
+
+
+def _file_feeds(model: LoadedModel, path: Path, batch: int) -> list[Feeds]:
+    """Batches of rows from a CSV, JSON Lines or .npy file, for a model with one [rows, features] input."""
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 2:
+        raise ConfigError(f"{path}: rows files fit models with one [rows, features] input; {model.inputs} differs")
+    spec = model.inputs[0]
+    chunks = list(read_chunks(path))
+    if not chunks or any(not isinstance(chunk, np.ndarray) for chunk in chunks):
+        raise ConfigError(f"{path}: holds no rows (V2 request objects are not rows)")
+    rows = np.concatenate([c for c in chunks if isinstance(c, np.ndarray)])
+    if spec.shape[1] is not None and rows.shape[1] != spec.shape[1]:
+        raise ConfigError(f"{path}: rows have {rows.shape[1]} columns; input {spec.name!r} takes {spec.shape[1]}")
+    return _split({spec.name: rows.astype(DATATYPES[spec.datatype])}, model.fixed_batch, batch)
+
+
+def _split(arrays: Feeds, fixed_batch: int | None, batch: int) -> list[Feeds]:
+    """Batches of `batch` rows; only whole ones for a model that fixes its batch size."""
+    step = fixed_batch or batch
+    total = len(next(iter(arrays.values())))
+    total = total - total % step if fixed_batch else total
+    if total == 0:
+        raise ConfigError(f"the model takes batches of exactly {step} rows; give at least {step} rows")
+    return [{k: a[start : start + step] for k, a in arrays.items()} for start in range(0, total, step)]
+
+
+def _run_all(model: LoadedModel, feeds: Sequence[Feeds]) -> dict[str, Tensor]:
+    batches = [model.run(feed) for feed in feeds]
+    return {
+        name: Tensor(name, first.datatype, np.concatenate([b[name].data for b in batches]), first.parameters)
+        for name, first in batches[0].items()
+    }
+
+
+def time_interleaved(parent: LoadedModel, candidate: LoadedModel, feed: Feeds, clock: Clock) -> tuple[float, float]:
+    """Median microseconds per row of each model (one intra-op thread, as a worker process runs them),
+    runs alternating so that both see the same machine state."""
+    rows = len(next(iter(feed.values())))
+    for _ in range(WARMUP_RUNS):
+        parent.run(feed)
+        candidate.run(feed)
+    times: tuple[list[int], list[int]] = ([], [])
+    for _ in range(LATENCY_RUNS):
+        for model, spent in zip((parent, candidate), times, strict=True):
+            start = clock()
+            model.run(feed)
+            spent.append(clock() - start)
+    parent_us, candidate_us = (round(statistics.median(t) / rows / 1000, 3) for t in times)
+    return parent_us, candidate_us
+
+
+def compare_output(expected: Tensor, actual: Tensor) -> dict[str, Any]:
+    """Max/mean absolute difference (float outputs) and label agreement (labels, probabilities)."""
+    if expected.shape != actual.shape:
+        return {"shape": [list(expected.shape), list(actual.shape)]}
+    rows = max(len(expected.data), 1)
+    if expected.data.dtype.kind not in "fc":
+        same = (expected.data == actual.data).reshape(rows, -1).all(axis=1)
+        return {"label_agreement": round(float(same.mean()), 6)}
+    difference = np.abs(expected.data.astype(np.float64) - actual.data.astype(np.float64))
+    result: dict[str, Any] = {
+        "max_abs_diff": float(difference.max(initial=0.0)),
+        "mean_abs_diff": float(difference.mean()) if difference.size else 0.0,
+    }
+    if _is_probabilities(expected):
+        agree = expected.data.argmax(axis=1) == actual.data.argmax(axis=1)
+        result["label_agreement"] = round(float(agree.mean()), 6)
+    return result
+
+
+def _is_probabilities(tensor: Tensor) -> bool:
+    data = tensor.data
+    if tensor.parameters and "labels" in tensor.parameters:
+        return True
+    if data.ndim != 2 or data.shape[1] < 2 or data.size == 0:
+        return False
+    in_range = bool(((data >= 0) & (data <= 1)).all())
+    return in_range and bool(np.allclose(data.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. judge, 4. conclude
+
+
+def judge(outputs: dict[str, dict[str, Any]], tolerance: float, min_label_agreement: float) -> str | None:
+    """Why the candidate is refused (every failing output, with its numbers), or None if it passes."""
+    failures = []
+    for name, found in outputs.items():
+        if "shape" in found:
+            failures.append(f"output {name!r}: shape {found['shape'][1]} where the parent gives {found['shape'][0]}")
+        if found.get("max_abs_diff", 0.0) > tolerance:
+            failures.append(f"output {name!r}: max abs diff {found['max_abs_diff']:.3g} > tolerance {tolerance:g}")
+        if found.get("label_agreement", 1.0) < min_label_agreement:
+            failures.append(
+                f"output {name!r}: label agreement {found['label_agreement']:.4f} < minimum {min_label_agreement:g}"
+            )
+    return "; ".join(failures) or None
+
+
+def _conclude(
+    registry: Registry,
+    parent: Manifest,
+    target: str,
+    content: bytes,
+    options: OptimizeOptions,
+    measurements: dict[str, Any],
+    reason: str | None,
+) -> OptimizeResult:
+    at = _now()
+    accepted = reason is None
+    if reason is None:
+        reason = (
+            f"every float output within {options.tolerance:g}, label agreement at least {options.min_label_agreement:g}"
+        )
+        manifest = candidate_manifest(parent, target, content, options, measurements, at)
+        registry.add(manifest, gzip.compress(content) if manifest.compression == "gzip" else content)
+    result = f"registered {target}" if accepted else "refused"
+    registry.record(
+        parent.name, parent.version, {"event": "optimize", "at": at, "result": result, "reason": reason, **measurements}
+    )
+    return OptimizeResult(accepted, target if accepted else None, measurements, reason)
+
+
+def candidate_manifest(
+    parent: Manifest, version: str, content: bytes, options: OptimizeOptions, measurements: dict[str, Any], at: str
+) -> Manifest:
+    """The new version's manifest: the parent's signature and metadata, its own digest, size and opsets."""
+    model = onnx.load_model_from_string(content)
+    used = {node.domain for node in model.graph.node} | {""}
+    default = "ai.onnx" if "ai.onnx" in parent.opset and "" not in parent.opset else ""
+    return replace(
+        parent,
+        version=version,
+        sha256=hashlib.sha256(content).hexdigest(),
+        size=len(content),
+        artifact="model.onnx.gz" if parent.compression == "gzip" else "model.onnx",
+        opset={(o.domain or default): o.version for o in model.opset_import if o.domain in used},
+        created_at=at,
+        source=f"optimize {parent.name} {parent.version}: graph={options.graph}, quantize={options.quantize}",
+        metadata=dict(parent.metadata),
+        external_data=[],
+        parent=parent.version,
+        measurements=measurements,
+        history=[],
+    )
+
+
+def _write_parent(registry: Registry, parent: Manifest, workdir: Path) -> Path:
+    """The parent's model (checked against its sha256) and external data files, in `workdir`."""
+    for relative in parent.external_data:
+        extra = workdir.joinpath(relative)
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_bytes(registry.storage.read(f"{parent.name}/{parent.version}/{relative}"))
+    path = workdir / "parent.onnx"
+    path.write_bytes(registry.read_model(parent.name, parent.version))
+    return path
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")  # as `model push` writes created_at
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
 
 
 def add_parser(commands: Any) -> None:
-    """Adds nothing yet."""
+    """Add `optimize NAME VERSION` to the `model` subcommands."""
+    parser = commands.add_parser("optimize", help="derive an optimized version, measured and gated against its parent")
+    parser.add_argument("name")
+    parser.add_argument("version", help="the parent version")
+    parser.add_argument(
+        "--graph",
+        choices=list(GRAPH_LEVELS),
+        default=DEFAULT_GRAPH,
+        help="onnxruntime graph optimizations; 'all' may fit only this CPU (default %(default)s)",
+    )
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=DEFAULT_QUANTIZE, help="int8 weights")
+    parser.add_argument("--calibration", type=Path, help="rows (csv, jsonl, npy) to calibrate static quantization")
+    parser.add_argument("--sample", type=Path, help="rows to measure on (default: seeded random rows)")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per run (default %(default)s)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help=f"max abs difference of float outputs (default {DEFAULT_TOLERANCE:g}, "
+        f"{DEFAULT_QUANTIZED_TOLERANCE:g} when quantizing)",
+    )
+    parser.add_argument("--min-label-agreement", type=float, default=DEFAULT_MIN_LABEL_AGREEMENT)
+    parser.add_argument("--version", dest="new_version", help="the new version (default: the next number)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    raise NotImplementedError
+    """Optimize, print the measurements and the outcome; 1 if the candidate was refused."""
+    result = optimize_model(
+        Registry.at(settings.model_root),
+        args.name,
+        args.version,
+        graph=args.graph,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        sample=args.sample,
+        batch=args.batch,
+        tolerance=args.tolerance,
+        min_label_agreement=args.min_label_agreement,
+        new_version=args.new_version,
+    )
+    print(format_report(args.name, args.version, result))
+    return 0 if result.accepted else 1
+
+
+def format_report(name: str, version: str, result: OptimizeResult) -> str:
+    """The measurements as a small table, then the outcome."""
+    m = result.measurements
+    lines = [
+        f"{'':<24}{'parent ' + version:>16}{'candidate ' + (result.version or ''):>16}",
+        f"{'size (bytes)':<24}{m['parent_size']:>16}{m['size']:>16}",
+        f"{'latency (us/row)':<24}{m['parent_latency_us_per_row']:>16.3f}{m['latency_us_per_row']:>16.3f}",
+        f"{'rows measured':<24}{m['rows']:>16}",
+        f"{'output':<24}{'max abs diff':>16}{'mean abs diff':>16}{'label agreement':>18}",
+    ]
+    for output, found in m["outputs"].items():
+        cells = [found.get(key) for key in ("max_abs_diff", "mean_abs_diff", "label_agreement")]
+        lines.append(
+            f"{output:<24}"
+            + "".join(f"{'-' if c is None else f'{c:.3g}':>16}" for c in cells[:2])
+            + f"{'-' if cells[2] is None else f'{cells[2]:.4f}':>18}"
+        )
+    verdict = f"registered {name} version {result.version} (parent {version})" if result.accepted else "refused"
+    lines.append(f"{verdict}: {result.reason}")
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from registry.control import (
     STATUS_SUFFIX,
@@ -18,7 +18,7 @@ from registry.control import (
     decode_status,
     encode_state,
 )
-from schemas.errors import BrokerUnavailableError
+from schemas.errors import BrokerUnavailableError, ConfigError
 
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 
@@ -31,13 +31,15 @@ async def ensure_topics(options: dict[str, Any], control_topic: str) -> None:
         existing = set(await admin.list_topics())
         wanted = [t for t in (control_topic, control_topic + STATUS_SUFFIX) if t not in existing]
         if wanted:
-            # replication factor -1: the cluster's default (KIP-464)
-            topics = [NewTopic(t, num_partitions=1, replication_factor=-1, topic_configs=COMPACTED) for t in wanted]
+            replicas = min(3, len((await admin.describe_cluster())["brokers"]))
+            topics = [NewTopic(t, 1, replicas, topic_configs=COMPACTED) for t in wanted]
             with contextlib.suppress(TopicAlreadyExistsError):  # another command created them meanwhile
                 await admin.create_topics(topics)
             await _wait_for_leaders(options, wanted)
     except KafkaError as error:
-        raise BrokerUnavailableError(f"cannot reach Kafka at {options['bootstrap_servers']}: {error}") from error
+        if error.retriable or isinstance(error, KafkaConnectionError):
+            raise BrokerUnavailableError(f"cannot reach Kafka at {options['bootstrap_servers']}: {error}") from error
+        raise ConfigError(f"Kafka refused to create the topic {control_topic}: {error}") from error
     finally:
         await admin.close()
 

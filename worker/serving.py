@@ -35,6 +35,7 @@ class Serving:
         self.worker = worker
         self.publish = publish
         self.switches = 0
+        self.active: dict[str, str] = {}  # model -> the version this worker has been serving
 
     async def load(self, name: str, version: str) -> LoadedModel:
         """Load, verify and warm up a version in the model thread."""
@@ -46,7 +47,9 @@ class Serving:
         while True:
             found_name, version = self.store.resolve(name, None)
             try:
-                return await self.load(found_name, version)
+                model = await self.load(found_name, version)
+                self.active.setdefault(found_name, version)
+                return model
             except ModelLoadError as error:
                 log.error("model_version_refused", model=found_name, version=version, error=str(error))
                 self.store.forget_resolution(found_name)  # the next resolve skips the refused version
@@ -68,7 +71,7 @@ class Serving:
                     error=str(error),
                     hint="the version serving now keeps serving",
                 )
-        before = self._serving(name)
+        before = self.active.get(name)
         effective = dataclasses.replace(
             state,
             current=before if state.current in failed else state.current,
@@ -76,21 +79,18 @@ class Serving:
             shadow=None if state.shadow in failed else state.shadow,
         )
         self.store.set_state(effective)
-        if effective.current != before:
+        if effective.current is not None:
+            self.active[name] = effective.current
+        if before is not None and effective.current not in (None, before):
             self.switches += 1
             log.info("model_switched", model=name, previous=before, current=effective.current, change=state.change)
         await self.report(effective, failed)
 
-    def _serving(self, name: str) -> str | None:
-        try:
-            return self.store.resolve(name, None)[1]
-        except ModelNotFoundError:
-            return None
-
     async def report(self, state: DesiredState, failed: dict[str, str]) -> None:
-        """Publish this worker's status for one model (when there is a status topic)."""
+        """Publish this worker's status for one model: what serves, every version it refused."""
         if self.publish is None:
             return
+        failed = {**{v: why for (model, v), why in self.store.failed.items() if model == state.model}, **failed}
         status = WorkerStatus(
             model=state.model,
             worker=self.worker,

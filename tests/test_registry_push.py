@@ -22,8 +22,9 @@ from onnx import numpy_helper
 
 from demo.models import install_model, make_mlp, make_sklearn_classifier
 from registry.manifest import TensorSpec
-from registry.push import parse_meta, push_model, sniff_foreign
+from registry.push import parse_meta, push_model
 from registry.registry import Registry
+from registry.sniff import sniff_foreign
 from registry.storage import StorageError
 from schemas.errors import ConfigError, ModelLoadError
 from worker.cli import main

@@ -11,6 +11,8 @@ import orjson
 from schemas.errors import ConfigError
 
 MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"  # a version's artifact, stored as it is
+GZIP_FILE = "model.onnx.gz"  # the artifact, gzip-compressed
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown

@@ -35,7 +35,7 @@ import onnx
 import onnxruntime as ort
 
 from producer.files import read_chunks
-from registry.manifest import Manifest, check_name
+from registry.manifest import GZIP_FILE, MODEL_FILE, Manifest, check_name
 from registry.registry import Registry
 from schemas.codec import DATATYPES, Tensor
 from schemas.errors import ConfigError, ModelLoadError
@@ -395,7 +395,7 @@ def candidate_manifest(
         version=version,
         sha256=hashlib.sha256(content).hexdigest(),
         size=len(content),
-        artifact="model.onnx.gz" if parent.compression == "gzip" else "model.onnx",
+        artifact=GZIP_FILE if parent.compression == "gzip" else MODEL_FILE,
         opset={(o.domain or default): o.version for o in model.opset_import if o.domain in used},
         created_at=at,
         source=f"optimize {parent.name} {parent.version}: graph={options.graph}, quantize={options.quantize}",

@@ -11,13 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry.control import DesiredState
-from registry.manifest import NAME_PATTERN, version_key
+from registry.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from registry.registry import Registry
 from registry.storage import StorageError
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from worker.model import LoadedModel, load_model
-
-MODEL_FILE = "model.onnx"
 
 
 class ModelStore:
@@ -50,7 +48,7 @@ class ModelStore:
         folder = self.root / name
         if not NAME_PATTERN.match(name) or not folder.is_dir():
             return []
-        found = {p.parent.name for p in folder.glob("*/*") if p.name in (MODEL_FILE, "manifest.json")}
+        found = {p.parent.name for p in folder.glob("*/*") if p.name in (MODEL_FILE, MANIFEST_FILE)}
         return sorted((v for v in found if NAME_PATTERN.match(v)), key=version_key)
 
     def resolve(self, name: str | None, version: str | None, request_id: str = "") -> tuple[str, str]:

@@ -6,7 +6,7 @@
                    onnxruntime's offline graph optimization at the chosen level
     2. measure     run parent and candidate with `worker.model.load_model` (ZipMap outputs become
                    [rows, classes] tensors) on the same sample; sizes, interleaved latency, and per
-                   output the max/mean absolute difference and the label agreement
+                   output the max/mean absolute difference and the label agreement (`registry/measure.py`)
     3. judge       pure: refuse if a float output moves more than the tolerance, or a label
                    agreement falls below the minimum
     4. conclude    append the attempt to the parent's history; register the candidate if accepted
@@ -21,25 +21,22 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
-from producer.files import read_chunks
 from registry.manifest import GZIP_FILE, MODEL_FILE, Manifest, check_name
+from registry.measure import SAMPLE_SEED, Clock, Feeds, file_feeds, measure, sample_feeds
 from registry.registry import Registry
-from schemas.codec import DATATYPES, Tensor
 from schemas.errors import ConfigError, ModelLoadError
-from worker.model import LoadedModel, load_model
+from worker.model import load_model
 from worker.settings import Settings
 
 COMMANDS = ("optimize",)
@@ -57,14 +54,6 @@ DEFAULT_BATCH = 64
 DEFAULT_TOLERANCE = 1e-3  # graph rewrites only reorder float arithmetic
 DEFAULT_QUANTIZED_TOLERANCE = 0.05  # int8 moves probabilities by ~0.02-0.045 on our MLPs; labels gate the rest
 DEFAULT_MIN_LABEL_AGREEMENT = 0.99
-SAMPLE_BATCHES = 16  # a generated sample is 16 batches: agreement resolves 1/1024 at batch 64, not 1/64
-SAMPLE_SEED = 0
-LATENCY_RUNS = 30
-WARMUP_RUNS = 3
-PROBABILITY_SUM_TOLERANCE = 1e-3
-
-Feeds = dict[str, np.ndarray[Any, Any]]
-Clock = Callable[[], int]
 
 
 @dataclass(frozen=True)
@@ -131,19 +120,16 @@ def optimize_model(
     registry: Registry,
     name: str,
     version: str,
+    options: OptimizeOptions | None = None,
     *,
-    graph: str = DEFAULT_GRAPH,
-    quantize: str = DEFAULT_QUANTIZE,
-    calibration: Path | str | None = None,
-    sample: Path | str | None = None,
-    batch: int = DEFAULT_BATCH,
-    tolerance: float | None = None,
-    min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT,
     new_version: str | None = None,
     clock: Clock = time.perf_counter_ns,
 ) -> OptimizeResult:
-    """Derive a version of `name` `version`, measure it, and register it only if it passes the gate."""
-    options = make_options(graph, quantize, calibration, sample, batch, tolerance, min_label_agreement)
+    """Derive a version of `name` `version`, measure it, and register it only if it passes the gate.
+
+    `options` come checked from `make_options` (default: its defaults).
+    """
+    options = options or make_options()
     parent = registry.manifest(name, version)
     target = check_name("model version", new_version or registry.next_version(name))
     if registry.has(name, target):
@@ -152,12 +138,13 @@ def optimize_model(
         workdir = Path(folder)
         parent_path = _write_parent(registry, parent, workdir)
         parent_model = load_model(parent_path, name, version)
-        calibration_feeds = _file_feeds(parent_model, options.calibration, options.batch) if options.calibration else []
+        calibration_feeds = file_feeds(parent_model, options.calibration, options.batch) if options.calibration else []
         candidate_path = transform(parent_path, options, workdir, calibration_feeds)
         candidate_model = load_model(candidate_path, name, target)
         content = candidate_path.read_bytes()
-        measured = measure(parent_model, candidate_model, options, clock)
-    measurements = {"parent_size": parent.size, "size": len(content), **measured}
+        feeds = sample_feeds(parent_model, options.sample, options.batch)
+        measured = measure(parent_model, candidate_model, feeds, clock)
+    measurements = {"parent_size": parent.size, "size": len(content), **measured, "settings": options.used()}
     reason = judge(measurements["outputs"], options.tolerance, options.min_label_agreement)
     return _conclude(registry, parent, target, content, options, measurements, reason)
 
@@ -223,121 +210,6 @@ class _Calibration:
 
     def get_next(self) -> Feeds | None:
         return next(self._feeds, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. measure
-
-
-def measure(parent: LoadedModel, candidate: LoadedModel, options: OptimizeOptions, clock: Clock) -> dict[str, Any]:
-    """Outputs compared on the sample, and per-row latency of both, timed interleaved."""
-    feeds = _file_feeds(parent, options.sample, options.batch) if options.sample else generate_feeds(parent, options)
-    expected, actual = _run_all(parent, feeds), _run_all(candidate, feeds)
-    parent_latency, latency = time_interleaved(parent, candidate, feeds[0], clock)
-    return {
-        "rows": int(sum(len(next(iter(f.values()))) for f in feeds)),
-        "parent_latency_us_per_row": parent_latency,
-        "latency_us_per_row": latency,
-        "outputs": {name: compare_output(expected[name], actual[name]) for name in expected},
-        "settings": options.used(),
-    }
-
-
-def generate_feeds(model: LoadedModel, options: OptimizeOptions) -> list[Feeds]:
-    """Seeded random batches from the signature: normal floats, small ints; free dims = batch."""
-    rng = np.random.default_rng(SAMPLE_SEED)
-    step = model.fixed_batch or options.batch
-    arrays: Feeds = {}
-    for spec in model.inputs:
-        if not spec.shape or spec.datatype == "BYTES":
-            raise ConfigError(
-                f"cannot generate rows for input {spec.name!r} {spec.datatype} {spec.shape}; use --sample"
-            )
-        shape = (step * SAMPLE_BATCHES, *(options.batch if d is None else d for d in spec.shape[1:]))
-        dtype = DATATYPES[spec.datatype]
-        values = (
-            rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2 if dtype.kind == "b" else 10, shape)
-        )
-        arrays[spec.name] = values.astype(dtype)
-    return _split(arrays, model.fixed_batch, step)
-
-
-def _file_feeds(model: LoadedModel, path: Path, batch: int) -> list[Feeds]:
-    """Batches of rows from a CSV, JSON Lines or .npy file, for a model with one [rows, features] input."""
-    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 2:
-        raise ConfigError(f"{path}: rows files fit models with one [rows, features] input; {model.inputs} differs")
-    spec = model.inputs[0]
-    chunks = list(read_chunks(path))
-    if not chunks or any(not isinstance(chunk, np.ndarray) for chunk in chunks):
-        raise ConfigError(f"{path}: holds no rows (V2 request objects are not rows)")
-    rows = np.concatenate([c for c in chunks if isinstance(c, np.ndarray)])
-    if spec.shape[1] is not None and rows.shape[1] != spec.shape[1]:
-        raise ConfigError(f"{path}: rows have {rows.shape[1]} columns; input {spec.name!r} takes {spec.shape[1]}")
-    return _split({spec.name: rows.astype(DATATYPES[spec.datatype])}, model.fixed_batch, batch)
-
-
-def _split(arrays: Feeds, fixed_batch: int | None, batch: int) -> list[Feeds]:
-    """Batches of `batch` rows; only whole ones for a model that fixes its batch size."""
-    step = fixed_batch or batch
-    total = len(next(iter(arrays.values())))
-    total = total - total % step if fixed_batch else total
-    if total == 0:
-        raise ConfigError(f"the model takes batches of exactly {step} rows; give at least {step} rows")
-    return [{k: a[start : start + step] for k, a in arrays.items()} for start in range(0, total, step)]
-
-
-def _run_all(model: LoadedModel, feeds: Sequence[Feeds]) -> dict[str, Tensor]:
-    batches = [model.run(feed) for feed in feeds]
-    return {
-        name: Tensor(name, first.datatype, np.concatenate([b[name].data for b in batches]), first.parameters)
-        for name, first in batches[0].items()
-    }
-
-
-def time_interleaved(parent: LoadedModel, candidate: LoadedModel, feed: Feeds, clock: Clock) -> tuple[float, float]:
-    """Median microseconds per row of each model (one intra-op thread, as a worker process runs them),
-    runs alternating so that both see the same machine state."""
-    rows = len(next(iter(feed.values())))
-    for _ in range(WARMUP_RUNS):
-        parent.run(feed)
-        candidate.run(feed)
-    times: tuple[list[int], list[int]] = ([], [])
-    for _ in range(LATENCY_RUNS):
-        for model, spent in zip((parent, candidate), times, strict=True):
-            start = clock()
-            model.run(feed)
-            spent.append(clock() - start)
-    parent_us, candidate_us = (round(statistics.median(t) / rows / 1000, 3) for t in times)
-    return parent_us, candidate_us
-
-
-def compare_output(expected: Tensor, actual: Tensor) -> dict[str, Any]:
-    """Max/mean absolute difference (float outputs) and label agreement (labels, probabilities)."""
-    if expected.shape != actual.shape:
-        return {"shape": [list(expected.shape), list(actual.shape)]}
-    rows = max(len(expected.data), 1)
-    if expected.data.dtype.kind not in "fc":
-        same = (expected.data == actual.data).reshape(rows, -1).all(axis=1)
-        return {"label_agreement": round(float(same.mean()), 6)}
-    difference = np.abs(expected.data.astype(np.float64) - actual.data.astype(np.float64))
-    result: dict[str, Any] = {
-        "max_abs_diff": float(difference.max(initial=0.0)),
-        "mean_abs_diff": float(difference.mean()) if difference.size else 0.0,
-    }
-    if _is_probabilities(expected):
-        agree = expected.data.argmax(axis=1) == actual.data.argmax(axis=1)
-        result["label_agreement"] = round(float(agree.mean()), 6)
-    return result
-
-
-def _is_probabilities(tensor: Tensor) -> bool:
-    data = tensor.data
-    if tensor.parameters and "labels" in tensor.parameters:
-        return True
-    if data.ndim != 2 or data.shape[1] < 2 or data.size == 0:
-        return False
-    in_range = bool(((data >= 0) & (data <= 1)).all())
-    return in_range and bool(np.allclose(data.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,19 +325,11 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Optimize, print the measurements and the outcome; 1 if the candidate was refused."""
-    result = optimize_model(
-        Registry.at(settings.model_root),
-        args.name,
-        args.version,
-        graph=args.graph,
-        quantize=args.quantize,
-        calibration=args.calibration,
-        sample=args.sample,
-        batch=args.batch,
-        tolerance=args.tolerance,
-        min_label_agreement=args.min_label_agreement,
-        new_version=args.new_version,
+    options = make_options(
+        args.graph, args.quantize, args.calibration, args.sample, args.batch, args.tolerance, args.min_label_agreement
     )
+    registry = Registry.at(settings.model_root)
+    result = optimize_model(registry, args.name, args.version, options, new_version=args.new_version)
     print(format_report(args.name, args.version, result))
     return 0 if result.accepted else 1
 

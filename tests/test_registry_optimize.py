@@ -90,7 +90,7 @@ def test_dynamic_quantization_shrinks_the_model_and_keeps_its_labels(
     # the trained model is measured on rows like its training data; the random MLP on generated rows
     sample = write_csv(tmp_path / "sample.csv", sklearn_mlp_data()[0]) if name == "sklearn" else None
 
-    result = optimize_model(registry, name, "1", quantize="dynamic", sample=sample)
+    result = optimize_model(registry, name, "1", make_options(quantize="dynamic", sample=sample))
 
     assert (True, "2") == (result.accepted, result.version)
     parent, child = registry.manifest(name, "1"), registry.manifest(name, "2")
@@ -106,7 +106,7 @@ def test_dynamic_quantization_shrinks_the_model_and_keeps_its_labels(
 
 def test_tight_tolerance_refuses_and_records_the_refusal(registry: Registry) -> None:
     """A tolerance quantization cannot meet registers nothing and names the output in the recorded reason."""
-    result = optimize_model(registry, "sklearn", "1", quantize="dynamic", tolerance=1e-9)
+    result = optimize_model(registry, "sklearn", "1", make_options(quantize="dynamic", tolerance=1e-9))
 
     assert (False, None) == (result.accepted, result.version)
     assert "output 'output_probability': max abs diff" in result.reason
@@ -117,7 +117,7 @@ def test_tight_tolerance_refuses_and_records_the_refusal(registry: Registry) -> 
 
 def test_graph_optimization_keeps_outputs_within_1e_5(registry: Registry, tmp_path: Path) -> None:
     """Graph-only optimization at "extended" registers a version whose outputs match the parent's within 1e-5."""
-    result = optimize_model(registry, "mlp", "1", graph="extended")
+    result = optimize_model(registry, "mlp", "1", make_options(graph="extended"))
 
     assert result.accepted
     rows = np.random.default_rng(1).standard_normal((100, 32)).astype(np.float32)
@@ -133,7 +133,9 @@ def test_static_quantization_with_a_calibration_csv(registry: Registry, tmp_path
     calibration = write_csv(tmp_path / "calibration.csv", rows[:256])
     sample = write_csv(tmp_path / "sample.csv", rows[256:])
 
-    result = optimize_model(registry, "sklearn", "1", quantize="static", calibration=calibration, sample=sample)
+    result = optimize_model(
+        registry, "sklearn", "1", make_options(quantize="static", calibration=calibration, sample=sample)
+    )
 
     assert result.accepted, result.reason
     assert 344 == result.measurements["rows"]

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from registry.compare_render import render_json, render_table
 from registry.manifest import check_name, version_key
 from schemas import headers as h
 from schemas.codec import InferenceResponse, Tensor, decode_response
 from schemas.errors import ConfigError, DecodeError
+from worker.records import Message
 from worker.settings import Settings
 
 COMMANDS = ("compare",)
@@ -40,17 +41,6 @@ DEFAULT_TIMEOUT_S = 5.0
 PROBABILITY_SUM_TOLERANCE = 1e-3  # rows of a probability matrix sum to 1 within this
 
 FLOAT, PROBABILITIES, LABELS = "float", "probabilities", "labels"
-
-
-class ResultRecord(Protocol):
-    """What `collect` reads of a Kafka record (aiokafka's ConsumerRecord fits)."""
-
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True)
@@ -92,20 +82,6 @@ class OutputReport:
         """The share of labels that agree, or None when the output carries no labels."""
         return self.labels_agreeing / self.labels if self.labels else None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "requests": self.requests,
-            "disagreeing": self.disagreeing,
-            "mismatched": self.mismatched,
-            "max_abs_diff": self.max_abs_diff,
-            "mean_abs_diff": self.mean_abs_diff,
-            "p99_abs_diff": self.p99_abs_diff,
-            "labels": self.labels,
-            "labels_agreeing": self.labels_agreeing,
-            "label_agreement": self.label_agreement,
-        }
-
 
 @dataclass(frozen=True)
 class Report:
@@ -127,24 +103,12 @@ class Report:
         """The share of pairs that disagree (0 without pairs)."""
         return self.disagreeing / self.pairs if self.pairs else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "atol": self.atol,
-            "pairs": self.pairs,
-            "disagreeing": self.disagreeing,
-            "disagreement": self.disagreement,
-            "unpaired": {"current": self.unpaired_current, "shadow": self.unpaired_shadow},
-            "unreadable": {"current": self.unreadable_current, "shadow": self.unreadable_shadow},
-            "versions": {"current": list(self.current_versions), "shadow": list(self.shadow_versions)},
-            "outputs": {o.name: o.as_dict() for o in self.outputs},
-        }
-
 
 # ---------------------------------------------------------------------------------------------
 # Deciding: pure
 
 
-def collect(records: Iterable[ResultRecord], model: str) -> Side:
+def collect(records: Iterable[Message], model: str) -> Side:
     """The model's responses among result records, by request id (the key, else the body's id)."""
     responses: dict[str, InferenceResponse] = {}
     unreadable = 0
@@ -309,46 +273,6 @@ class _Tally:
 
 
 # ---------------------------------------------------------------------------------------------
-# Showing
-
-
-def render_table(report: Report, model: str, results_topic: str, shadow_topic: str) -> str:
-    """The report as text for a terminal."""
-    lines = [
-        f"model {model}: {report.pairs} pairs compared ({results_topic} against {shadow_topic})",
-        f"unpaired: {report.unpaired_current} current only, {report.unpaired_shadow} shadow only" + _unreadable(report),
-        f"versions: current {', '.join(report.current_versions) or '-'}; "
-        f"shadow {', '.join(report.shadow_versions) or '-'}",
-        f"disagreement: {report.disagreeing} of {report.pairs} requests ({_percent(report.disagreement)}) "
-        f"beyond atol {report.atol:g} or with a different label",
-        "",
-        f"{'output':<20} {'kind':<13} {'disagree':>9} {'max abs':>10} {'mean abs':>10} {'p99 abs':>10}  labels agree",
-    ]
-    for o in report.outputs:
-        agree = "-" if o.label_agreement is None else f"{_percent(o.label_agreement)} ({o.labels_agreeing}/{o.labels})"
-        mismatched = f"  ({o.mismatched} mismatched)" if o.mismatched else ""
-        lines.append(
-            f"{o.name:<20} {o.kind:<13} {_percent(o.disagreeing / o.requests):>9} {_number(o.max_abs_diff):>10} "
-            f"{_number(o.mean_abs_diff):>10} {_number(o.p99_abs_diff):>10}  {agree}{mismatched}"
-        )
-    return "\n".join(lines)
-
-
-def _unreadable(report: Report) -> str:
-    if not (report.unreadable_current or report.unreadable_shadow):
-        return ""
-    return f"; not V2 responses: {report.unreadable_current} current, {report.unreadable_shadow} shadow"
-
-
-def _percent(share: float) -> str:
-    return f"{100 * share:.2f} %"
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-# ---------------------------------------------------------------------------------------------
 # Acting: Kafka and the command line
 
 
@@ -422,11 +346,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.json:
-        body = {"model": name, "results_topic": results_topic, "shadow_topic": shadow_topic, **report.as_dict()}
-        print(json.dumps(body, indent=2))
-    else:
-        print(render_table(report, name, results_topic, shadow_topic))
+    render = render_json if args.json else render_table
+    print(render(report, name, results_topic, shadow_topic))
     return 0
 
 

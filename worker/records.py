@@ -11,7 +11,18 @@ if TYPE_CHECKING:
     from worker.model import LoadedModel
 
 
-class Record(Protocol):
+class Message(Protocol):
+    """What a reader of a topic's content needs of a record: key, value, headers (`registry.compare`)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class Record(Message, Protocol):
     """The fields of an aiokafka ConsumerRecord the worker reads."""
 
     @property
@@ -24,12 +35,6 @@ class Record(Protocol):
     def timestamp(self) -> int: ...
     @property
     def timestamp_type(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)

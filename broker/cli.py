@@ -13,7 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from broker import local
+from broker import local, topics
 from schemas.errors import StreamscoreError
 
 EXIT_OK = 0
@@ -109,7 +109,7 @@ def _create_topics(args: argparse.Namespace, config: local.BrokerConfig) -> int:
         _say(f"error: --partitions must be at least 1, got {args.partitions}")
         return EXIT_FAILED
     bootstrap = args.bootstrap_servers or config.address
-    coroutine = local.create_topics(bootstrap, args.names, args.partitions, timeout_s=args.timeout)
+    coroutine = topics.create_topics(bootstrap, args.names, args.partitions, timeout_s=args.timeout)
     asyncio.run(coroutine)
     _say(f"topics ready on {bootstrap}: {', '.join(args.names)} ({args.partitions} partitions)")
     return EXIT_OK

@@ -11,11 +11,7 @@ started it. Everything lives under one folder (default `.kafka/`, git-ignored):
     .kafka/server.properties    written on every start
     .kafka/broker.pid           present while the broker runs
 
-Errors:
-
-    ConfigError (schemas.errors)
-    └── LocalBrokerError        the local broker cannot be fetched, started or reached
-        └── ToolMissingError    `java` or `mvn` is not installed
+Errors are in `broker/errors.py`; creating topics is in `broker/topics.py`.
 """
 
 from __future__ import annotations
@@ -31,14 +27,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
-from schemas.errors import ConfigError
+from broker.errors import LocalBrokerError, ToolMissingError
+from broker.topics import create_topics as create_topics  # re-exported: demo/__main__.py calls local.create_topics
 
 DEFAULT_HOME = Path(".kafka")
 DEFAULT_PORT = 9092
@@ -50,17 +47,8 @@ JVM_OPTIONS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 POM = Path(__file__).with_name("pom.xml")
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 INSTALL_HINT = "install them, e.g. `apt-get install openjdk-17-jre-headless maven`"
-TOPIC_ALREADY_EXISTS = 36
 
 Progress = Callable[[str], None]
-
-
-class LocalBrokerError(ConfigError):
-    """The local broker cannot be fetched, formatted, started or reached; the message says why."""
-
-
-class ToolMissingError(LocalBrokerError):
-    """`java` (17+) or `mvn` is not on PATH, so the local broker cannot run."""
 
 
 @dataclass(frozen=True)
@@ -366,33 +354,6 @@ def status(config: BrokerConfig = DEFAULT_CONFIG) -> BrokerStatus:
     return BrokerStatus(running=pid is not None, pid=pid, address=config.address)
 
 
-async def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, *, timeout_s: float = 30.0) -> None:
-    """Create topics (replication factor 1; existing ones are kept) and wait until all their
-    partitions have a leader in the metadata."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        async with asyncio.timeout(timeout_s):
-            await admin.start()
-            response = await admin.create_topics(
-                [NewTopic(name, partitions, 1) for name in names],
-                timeout_ms=int(timeout_s * 1000),
-            )
-            _raise_topic_errors(response.topic_errors)
-            await _wait_for_leaders(admin, names)
-    except TimeoutError:
-        raise LocalBrokerError(
-            f"topics {', '.join(names)} were not ready on {bootstrap} within {timeout_s:.0f}s"
-        ) from None
-    except KafkaConnectionError:
-        raise LocalBrokerError(
-            f"no broker answers on {bootstrap} (start one with `streamscore broker start`)"
-        ) from None
-    except KafkaError as error:
-        raise LocalBrokerError(f"could not create topics on {bootstrap}: {error}") from None
-    finally:
-        await admin.close()
-
-
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -445,31 +406,6 @@ def _wait_for_exit(pid: int, timeout_s: float) -> bool:
 def _signal(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: Sequence[str]) -> None:
-    while True:
-        topics = await admin.describe_topics(list(names))
-        if all(_topic_ready(topic) for topic in topics) and len(topics) == len(names):
-            return
-        await asyncio.sleep(0.1)
-
-
-def _topic_ready(topic: dict[str, object]) -> bool:
-    partitions = topic.get("partitions")
-    if topic.get("error_code") != 0 or not isinstance(partitions, list) or not partitions:
-        return False
-    return all(partition["leader"] >= 0 for partition in partitions)
-
-
-def _raise_topic_errors(topic_errors: Sequence[tuple[object, ...]]) -> None:
-    failed = [
-        f"{error[0]} (error {error[1]}{': ' + str(error[2]) if len(error) > 2 else ''})"
-        for error in topic_errors
-        if error[1] not in (0, TOPIC_ALREADY_EXISTS)
-    ]
-    if failed:
-        raise LocalBrokerError(f"could not create topics: {', '.join(failed)}")
 
 
 def _pom_digest() -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import local
+from broker import local, topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def make_topics(kafka_bootstrap: str) -> MakeTopics:
     async def make(*suffixes: str, partitions: int = 3) -> list[str]:
         prefix = f"t-{uuid.uuid4().hex[:8]}"
         names = [f"{prefix}-{suffix}" for suffix in suffixes]
-        await local.create_topics(kafka_bootstrap, names, partitions)
+        await topics.create_topics(kafka_bootstrap, names, partitions)
         return names
 
     return make

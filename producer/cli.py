@@ -25,8 +25,8 @@ from aiokafka.errors import KafkaError
 
 from producer.client import FeatureProducer, make_ids
 from producer.files import DEFAULT_CHUNK_ROWS, FORMATS, Chunk, ReadyRequest, read_chunks
-from schemas.codec import DATATYPES
 from schemas.errors import ConfigError, TransientError
+from schemas.tensors import DATATYPES
 from worker.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_INPUT_TOPIC
 
 PROG = "streamscore produce"

@@ -26,8 +26,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import headers as h
-from schemas.codec import DATATYPES, Tensor, as_tensor, encode_request
+from schemas.codec import encode_request
 from schemas.errors import BrokerUnavailableError, ConfigError, ProduceError
+from schemas.tensors import DATATYPES, Tensor, as_tensor
 from worker.settings import kafka_options as make_kafka_options
 
 DEFAULT_INPUT_NAME = "x"

@@ -29,8 +29,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from registry.compare_render import render_json, render_table
 from registry.manifest import check_name, version_key
 from schemas import headers as h
-from schemas.codec import InferenceResponse, Tensor, decode_response
+from schemas.codec import InferenceResponse, decode_response
 from schemas.errors import ConfigError, DecodeError
+from schemas.tensors import Tensor
 from worker.records import Message
 from worker.settings import Settings
 

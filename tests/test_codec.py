@@ -14,17 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from schemas.codec import (
-    DATATYPES,
-    Limits,
-    Tensor,
-    as_tensor,
-    decode_request,
-    decode_response,
-    encode_request,
-    encode_response,
-)
+from schemas.codec import Limits, decode_request, decode_response, encode_request, encode_response
 from schemas.errors import DecodeError, ValidationError
+from schemas.tensors import DATATYPES, Tensor, as_tensor
 from tests.factories import v2_body, v2_input
 
 ROUND_TRIP_TYPES = ["INT64", "INT32", "INT8", "UINT8", "UINT64", "FP32", "FP64", "BOOL", "BYTES"]

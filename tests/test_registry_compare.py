@@ -15,7 +15,8 @@ import pytest
 
 from registry.compare import Pairs, Report, Side, collect, compare, pair_up
 from schemas import headers as h
-from schemas.codec import InferenceResponse, Tensor, as_tensor, encode_response
+from schemas.codec import InferenceResponse, encode_response
+from schemas.tensors import Tensor, as_tensor
 from tests.conftest import MakeTopics
 from tests.harness import Out, produce
 from worker import cli

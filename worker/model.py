@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from schemas.codec import DATATYPES, Tensor
 from schemas.errors import InferenceError, ModelLoadError
+from schemas.tensors import DATATYPES, Tensor
 
 #: onnxruntime's element type names -> V2 datatypes
 ORT_DATATYPES = {

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from schemas import headers as h
-from schemas.codec import InferenceRequest, Limits, ResponseEncoder, Tensor, decode_request, nonfinite_error
+from schemas.codec import InferenceRequest, Limits, ResponseEncoder, decode_request
 from schemas.errors import DecodeError, InferenceError, RecordError
+from schemas.tensors import Tensor, nonfinite_error
 from worker.model import LoadedModel
 from worker.records import DeadLetter, Item, Outcome, Record, Result
 from worker.signature import check_request

@@ -1,4 +1,5 @@
-"""One worker process: consume, batch, score, produce, commit. The only module that talks to Kafka.
+"""One worker process: consume, batch, score, produce, commit. With its clients (`worker/clients.py`)
+and its produce side (`worker/sender.py`), the only code that talks to Kafka.
 
 Lifecycle: `startup()` (load the default model, start the clients) -> `main_loop()` (fetch until
 told to stop, or until drained in burst mode) -> `shutdown()` (stop fetching, drain in-flight
@@ -20,27 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from registry.control import STATUS_SUFFIX
 from schemas.codec import InferenceRequest, Limits
-from schemas.errors import (
-    BrokerUnavailableError,
-    FatalError,
-    ModelLoadError,
-    ModelNotFoundError,
-    RecordError,
-    ResultRejectedError,
-)
+from schemas.errors import FatalError, ModelLoadError, ModelNotFoundError, RecordError
 from worker.batcher import Batch, MicroBatcher
+from worker.clients import connect, make_consumer, make_producer
 from worker.control import ControlFollower
-from worker.deadletter import dead_letter_headers
 from worker.model import LoadedModel
 from worker.offsets import OffsetTracker
 from worker.pipeline import dead_letter, decode, fallback_id, make_item, model_choice, score_batch
 from worker.records import DeadLetter, Item, Outcome, Result
-from worker.retry import is_retriable, retrying
+from worker.sender import Sender, log_dead_letter
 from worker.serving import Serving
 from worker.settings import Settings
 from worker.store import ModelStore
@@ -49,8 +42,6 @@ log = structlog.get_logger("streamscore.worker")
 
 FETCH_MAX_RECORDS = 1000
 FETCH_TIMEOUT_MS = 100
-PRODUCER_MAX_BATCH_BYTES = 262_144
-PRODUCER_LINGER_MS = 5
 BURST_UNASSIGNED_EXIT_S = 10.0
 PAUSED_CHECK_S = 0.1
 PROGRESS_INTERVAL_S = 10.0
@@ -89,8 +80,8 @@ class Worker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.sender: Sender | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
         self._joined = False
         self.serving = Serving(self.store, self.executor, settings.worker_name)
         self.control: ControlFollower | None = None
@@ -120,33 +111,14 @@ class Worker:
         """Connect, apply the control topic's desired states, load the default model, join the group."""
         s = self.settings
         options = s.kafka_options()
-        self.producer = AIOKafkaProducer(
-            **options,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=PRODUCER_LINGER_MS,
-            max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-            request_timeout_ms=s.request_timeout_ms,
-            client_id=f"streamscore-{s.worker_name}",
-        )
-        self.consumer = AIOKafkaConsumer(
-            **options,
-            group_id=s.group_id,
-            client_id=f"streamscore-{s.worker_name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
-            request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
-        )
-        self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
-        await self._connect(self.producer.start, "producer")
+        self.producer = make_producer(s, options)
+        self.sender = Sender(self.producer, s, self._finish, self._fail)
+        self.consumer = make_consumer(s, options, self.on_revoked)
+        await connect(self.producer.start, "producer", s)
         if s.control_topic:
             self.control = ControlFollower(options, s.control_topic, self.serving.apply)
-            self.serving.publish = self._publish_status
-            await self._connect(self.control.start, "control consumer")
+            self.serving.publish = self.sender.publish_status
+            await connect(self.control.start, "control consumer", s)
         model = await self.serving.load_default()
         log.info(
             "model_serving",
@@ -155,7 +127,7 @@ class Worker:
             sha256=model.sha256,
             inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
         )
-        await self._connect(self.consumer.start, "consumer")
+        await connect(self.consumer.start, "consumer", s)
         self._joined = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.score_loop()), loop.create_task(self.commit_loop())]
@@ -169,26 +141,6 @@ class Worker:
             dead_letters=s.dead_letter_topic_name,
             bootstrap=s.bootstrap_servers,
         )
-
-    async def _connect(self, start: Callable[[], Any], what: str) -> None:
-        s = self.settings
-        try:
-            async for attempt in retrying(s.retry_attempts, s.retry_max_s):
-                with attempt:
-                    try:
-                        await start()
-                    except KafkaError as error:
-                        raise BrokerUnavailableError(
-                            f"Kafka {what} cannot reach {s.bootstrap_servers}: {error}"
-                        ) from error
-        except BrokerUnavailableError:
-            log.error(
-                "broker_unavailable",
-                client=what,
-                bootstrap=s.bootstrap_servers,
-                hint="is the broker running? `streamscore broker start` starts a local one",
-            )
-            raise
 
     async def main_loop(self) -> None:
         """Fetch and prepare records until told to stop (or drained, in burst mode)."""
@@ -285,7 +237,8 @@ class Worker:
         if outcome is None:
             outcome = await self._take_with_load(record)
         if isinstance(outcome, DeadLetter):
-            await self.send(outcome)
+            assert self.sender is not None
+            await self.sender.send(outcome)
             return
         self._batch(outcome)
         shadow = self.serving.shadow_model(outcome.model)
@@ -346,7 +299,8 @@ class Worker:
 
     async def score_loop(self) -> None:
         """Run closed batches in the onnxruntime thread and send their outcomes."""
-        loop = asyncio.get_running_loop()
+        assert self.sender is not None
+        loop, send = asyncio.get_running_loop(), self.sender.send
         score = functools.partial(
             score_batch,
             correlation=self.settings.correlation_headers,
@@ -357,7 +311,7 @@ class Worker:
             outcomes = await loop.run_in_executor(self.executor, score, batch.items)
             self.counts["rows"] += batch.rows
             for outcome in outcomes:
-                await self.send(outcome)
+                await send(outcome)
 
     async def _next_batch(self) -> Batch[Item]:
         while True:
@@ -373,47 +327,10 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
-    # ------------------------------------------------------------------ produce side
-
-    async def send(self, outcome: Outcome) -> None:
-        """Send a result or dead letter; its offset finishes when the broker acknowledges it."""
-        assert self.producer is not None
-        if isinstance(outcome, DeadLetter) and outcome.shadow:
-            log.warning("shadow_failed", request_id=outcome.request_id, model=outcome.model, error=str(outcome.error))
-            return
-        topic, key, value, headers = self._destination(outcome)
-        try:
-            future = await self.producer.send(topic, value=value, key=key, headers=headers)
-        except Exception as error:  # raised before sending: too large, no metadata, ...
-            self._spawn(self._resend(outcome, error))
-            return
-        future.add_done_callback(lambda f: self._acknowledged(outcome, f))
-
-    def _destination(self, outcome: Outcome) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        if isinstance(outcome, Result):
-            topic = self.settings.shadow_topic_name if outcome.shadow else self.settings.results_topic
-            return topic, outcome.key, outcome.value, outcome.headers
-        record, error = outcome.record, outcome.error
-        stage = error.stage if isinstance(error, RecordError) else "infer"
-        headers = dead_letter_headers(
-            record,
-            error,
-            stage=stage,
-            group_id=self.settings.group_id,
-            worker=self.settings.worker_name,
-            attempts=outcome.attempts,
-            model=outcome.model,
-        )
-        return self.settings.dead_letter_topic_name, record.key, record.value, headers
-
-    def _acknowledged(self, outcome: Outcome, future: asyncio.Future[Any]) -> None:
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled() or error is not None:
-            self._spawn(self._resend(outcome, error or asyncio.CancelledError()))
-            return
-        self._finish(outcome)
+    # ------------------------------------------------------------------ produce side (worker/sender.py)
 
     def _finish(self, outcome: Outcome) -> None:
+        """An outcome is acknowledged: its offset may be committed (shadow results: only counted)."""
         if outcome.shadow:  # shadow results are best effort: no offset waits for them
             self.counts["shadow"] += 1
             return
@@ -424,79 +341,16 @@ class Worker:
             self.counts["results"] += 1
         else:
             self.counts["dead_letters"] += 1
-            self._log_dead_letter(outcome)
+            log_dead_letter(outcome)
         if self.in_flight <= self._resume_at:
             self.room.set()
         if self.in_flight == 0:
             self.wake.set()
 
-    def _log_dead_letter(self, outcome: DeadLetter) -> None:
-        record, error = outcome.record, outcome.error
-        log.warning(
-            "record_dead_lettered",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            request_id=outcome.request_id,
-            stage=error.stage if isinstance(error, RecordError) else "infer",
-            error=type(error).__name__,
-            reason=str(error),
-            model=outcome.model[0] if outcome.model else None,
-            model_version=outcome.model[1] if outcome.model else None,
-        )
-
-    async def _resend(self, outcome: Outcome, error: BaseException) -> None:
-        """Retry a send that failed for a transient reason; else dead-letter, or stop uncommitted."""
-        assert self.producer is not None
-        if outcome.shadow:
-            log.warning("shadow_result_lost", request_id=outcome.request_id, error=repr(error))
-            return
-        topic, key, value, headers = self._destination(outcome)
-        s = self.settings
-        if is_retriable(error):
-            try:
-                async for attempt in retrying(s.retry_attempts, s.retry_max_s):
-                    with attempt:
-                        await (await self.producer.send(topic, value=value, key=key, headers=headers))
-                self._finish(outcome)
-                return
-            except Exception as final:
-                error = final
-        record = outcome.record
-        if isinstance(outcome, Result):
-            rejected = ResultRejectedError(f"the result of request {outcome.request_id!r} was refused: {error!r}")
-            rejected.__cause__ = error
-            await self.send(DeadLetter(record, rejected, outcome.request_id, None, attempts=s.retry_attempts))
-            return
-        log.critical(
-            "dead_letter_failed",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            request_id=outcome.request_id,
-            error=repr(error),
-            hint="the input offset stays uncommitted; the record is retried after a restart",
-        )
-        self.fatal = FatalError(f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written")
+    def _fail(self, error: FatalError) -> None:
+        """Something must not go on (a dead letter not written): stop, leaving offsets uncommitted."""
+        self.fatal = error
         self.request_stop()
-
-    async def _publish_status(self, key: bytes, value: bytes) -> None:
-        """Send a status record in the background (a missing status topic must not stall us)."""
-        assert self.producer is not None
-        producer, topic = self.producer, self.settings.control_topic + STATUS_SUFFIX
-
-        async def send() -> None:
-            try:
-                await producer.send_and_wait(topic, value=value, key=key)
-            except Exception as error:
-                log.warning("status_not_published", topic=topic, error=repr(error))
-
-        self._spawn(send())
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ commit side
 
@@ -550,16 +404,3 @@ class Worker:
             self.wake.set()
             await asyncio.sleep(0.01)
         return True
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.worker.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if not assigned:
-            return
-        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

@@ -1,0 +1,86 @@
+"""The worker's Kafka clients: how they are configured, and connecting them under the retry policy."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.errors import BrokerUnavailableError
+from worker.retry import retrying
+from worker.settings import Settings
+
+log = structlog.get_logger("streamscore.worker")
+
+PRODUCER_MAX_BATCH_BYTES = 262_144
+PRODUCER_LINGER_MS = 5
+
+OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+def make_producer(settings: Settings, options: dict[str, Any]) -> AIOKafkaProducer:
+    """The worker's idempotent producer (acks from all in-sync replicas); `options` from `kafka_options()`."""
+    return AIOKafkaProducer(
+        **options,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=PRODUCER_LINGER_MS,
+        max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        request_timeout_ms=settings.request_timeout_ms,
+        client_id=f"streamscore-{settings.worker_name}",
+    )
+
+
+def make_consumer(settings: Settings, options: dict[str, Any], on_revoked: OnRevoked) -> AIOKafkaConsumer:
+    """The group consumer of the input topic (commits by hand); `on_revoked` runs before partitions go."""
+    s = settings
+    consumer = AIOKafkaConsumer(
+        **options,
+        group_id=s.group_id,
+        client_id=f"streamscore-{s.worker_name}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
+        request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
+        session_timeout_ms=s.session_timeout_ms,
+        heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+    )
+    consumer.subscribe([s.input_topic], listener=_Rebalance(on_revoked))
+    return consumer
+
+
+async def connect(start: Callable[[], Any], what: str, settings: Settings) -> None:
+    """Start a client, retrying while the broker cannot be reached; BrokerUnavailableError in the end."""
+    s = settings
+    try:
+        async for attempt in retrying(s.retry_attempts, s.retry_max_s):
+            with attempt:
+                try:
+                    await start()
+                except KafkaError as error:
+                    raise BrokerUnavailableError(f"Kafka {what} cannot reach {s.bootstrap_servers}: {error}") from error
+    except BrokerUnavailableError:
+        log.error(
+            "broker_unavailable",
+            client=what,
+            bootstrap=s.bootstrap_servers,
+            hint="is the broker running? `streamscore broker start` starts a local one",
+        )
+        raise
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_revoked: OnRevoked) -> None:
+        self.on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

@@ -35,7 +35,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from broker.errors import LocalBrokerError, ToolMissingError
-from broker.topics import create_topics as create_topics  # re-exported: demo/__main__.py calls local.create_topics
 
 DEFAULT_HOME = Path(".kafka")
 DEFAULT_PORT = 9092

@@ -20,9 +20,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from broker import local
-from demo.models import install_model, make_sklearn_classifier, sklearn_sample_rows
+from broker.topics import create_topics
+from demo.models import make_sklearn_classifier, sklearn_sample_rows
 from producer.client import FeatureProducer
+from registry.push import push_model
+from registry.registry import Registry
 from schemas import headers as h
+from schemas.errors import StreamscoreError
 from schemas.codec import decode_response
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,10 +64,17 @@ def main() -> int:
     bootstrap = local.start(config, timeout_s=120.0)
     worker: subprocess.Popen[bytes] | None = None
     try:
-        asyncio.run(local.create_topics(bootstrap, [INPUT, RESULTS, DEAD], partitions=4))
-        models = WORK / "models"
-        install_model(models, "classifier", "1", make_sklearn_classifier)
-        say(f"built a scikit-learn classifier as ONNX: {models / 'classifier' / '1' / 'model.onnx'}")
+        asyncio.run(create_topics(bootstrap, [INPUT, RESULTS, DEAD], partitions=4))
+        models = WORK / "registry"
+        registry = Registry.at(models)
+        if not registry.has("classifier", "1"):  # versions are immutable: push once
+            source = make_sklearn_classifier(WORK / "classifier.onnx")
+            push_model(registry, source, name="classifier", version="1", metadata={"demo": True})
+        manifest = registry.manifest("classifier", "1")
+        say(
+            f"a scikit-learn classifier as ONNX in the registry {models.relative_to(REPO)}: classifier version 1, "
+            f"sha256 {manifest.sha256[:12]}"
+        )
         csv = WORK / "rows.csv"
         rows = sklearn_sample_rows(ROWS, seed=1)
         np.savetxt(csv, rows, delimiter=",", header="f0,f1,f2,f3", comments="", fmt="%.5f")
@@ -92,6 +103,7 @@ def start_worker(bootstrap: str, models: Path) -> subprocess.Popen[bytes]:
         STREAMSCORE_GROUP_ID="demo",
         STREAMSCORE_MODEL_ROOT=str(models),
         STREAMSCORE_PROCESSES="2",
+        STREAMSCORE_CONTROL_TOPIC="demo.control",
         STREAMSCORE_LOG_FORMAT="json",
     )
     with (WORK / "worker.log").open("wb") as log:
@@ -157,4 +169,8 @@ def show(results: list[ConsumerRecord[bytes, bytes]], dead: list[ConsumerRecord[
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StreamscoreError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        sys.exit(1)

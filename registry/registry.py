@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 
 from registry.manifest import MANIFEST_FILE, Manifest, check_name, version_key
@@ -56,8 +57,11 @@ class Registry:
         stored = self.storage.read(f"{name}/{version}/{manifest.artifact}")
         try:
             model = gzip.decompress(stored) if manifest.compression == "gzip" else stored
-        except (OSError, EOFError) as error:
-            raise ArtifactError(f"model {name} version {version}: artifact is not valid gzip: {error}") from None
+        except (OSError, EOFError, zlib.error) as error:
+            raise ArtifactError(
+                f"model {name} version {version}: the artifact is not valid gzip ({error}); it was corrupted, "
+                "push the model again as a new version"
+            ) from None
         digest = hashlib.sha256(model).hexdigest()
         if digest != manifest.sha256:
             raise ArtifactError(

@@ -8,6 +8,7 @@ only bytes do, and nothing is ever loaded (a pickle is decoded opcode by opcode,
 from __future__ import annotations
 
 import io
+import json
 import pickletools
 import zipfile
 from collections.abc import Callable
@@ -124,7 +125,15 @@ def _text(data: bytes) -> Foreign | None:
     if start == "<" and "ir_version" in text:
         return Foreign("ONNX in its text form", "parse it with onnx.parser.parse_model, save it with onnx.save_model")
     advice = "ONNX models are binary protobuf: push the .onnx file the exporter wrote"
-    return Foreign("JSON text" if start in ("{", "[") else "plain text", advice)
+    return Foreign("JSON text" if start in ("{", "[") and _is_json(data) else "plain text", advice)
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # includes UnicodeDecodeError
+        return False
+    return True
 
 
 DETECTORS: tuple[Callable[[bytes], Foreign | None], ...] = (

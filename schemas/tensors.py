@@ -87,6 +87,9 @@ def array_from_json(name: str, data: Any, shape: list[int], datatype: str) -> np
     if raw.dtype.kind == "f" and datatype == "UINT64":
         raw = _as_uint64(data, raw)
     array = _cast(name, raw, datatype)
+    if datatype == "BYTES" and raw.dtype.kind == "U":
+        # numpy's fixed-width strings drop trailing NUL characters: keep the strings as sent
+        array = np.array(data, dtype=object)
     size = math.prod(shape)
     if array.size != size:
         raise ValidationError(f"input {name!r}: shape {shape} holds {size} values, 'data' has {array.size}")

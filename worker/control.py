@@ -59,7 +59,7 @@ class ControlFollower:
                     if state is not None:
                         latest[state.model] = state
         for state in latest.values():
-            await self.apply(state)
+            await self._apply(state)
 
     async def _partitions(self) -> list[TopicPartition]:
         if self.topic not in await self.consumer.topics():
@@ -93,7 +93,13 @@ class ControlFollower:
                 for record in records:
                     state = self._decode(record)
                     if state is not None:
-                        await self.apply(state)
+                        await self._apply(state)
+
+    async def _apply(self, state: DesiredState) -> None:
+        try:
+            await self.apply(state)
+        except Exception as error:  # one state that cannot be applied must not stop the following ones
+            log.exception("control_state_not_applied", model=state.model, change=state.change, error=repr(error))
 
     async def stop(self) -> None:
         await self.consumer.stop()

@@ -130,9 +130,12 @@ class Worker:
         await connect(self.consumer.start, "consumer", s)
         self._joined = True
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.score_loop()), loop.create_task(self.commit_loop())]
+        self._tasks = [
+            self._watch(loop.create_task(self.score_loop(), name="score_loop")),
+            self._watch(loop.create_task(self.commit_loop(), name="commit_loop")),
+        ]
         if self.control is not None:
-            self._tasks.append(loop.create_task(self.control.follow()))
+            self._tasks.append(self._watch(loop.create_task(self.control.follow(), name="control_follow")))
         log.info(
             "worker_started",
             topic=s.input_topic,
@@ -141,6 +144,23 @@ class Worker:
             dead_letters=s.dead_letter_topic_name,
             bootstrap=s.bootstrap_servers,
         )
+
+    def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """A loop that dies takes the worker down (uncommitted) rather than leaving it half-alive."""
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                log.critical(
+                    "worker_task_failed",
+                    task=task.get_name(),
+                    error=repr(error),
+                    hint="the process stops; the supervisor starts a new one",
+                )
+                self._fail(FatalError(f"{task.get_name()} failed: {error!r}"))
+
+        task.add_done_callback(done)
+        return task
 
     async def main_loop(self) -> None:
         """Fetch and prepare records until told to stop (or drained, in burst mode)."""

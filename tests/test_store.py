@@ -1,0 +1,94 @@
+"""The worker's model store on a registry: verified loads, refusals remembered, desired states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from demo.models import make_mlp
+from registry.control import DesiredState
+from registry.push import push_model
+from registry.registry import ArtifactError, Registry
+from schemas.errors import ModelLoadError, ModelNotFoundError
+from worker.store import ModelStore
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A registry with mlp versions 1, 2 (stored uncompressed or gzip, as push decides) and 3."""
+    registry = Registry.at(tmp_path / "registry")
+    for version in ("1", "2", "3"):
+        push_model(registry, make_mlp(tmp_path / f"{version}.onnx", scale=float(version)), name="mlp", version=version)
+    return tmp_path / "registry"
+
+
+def corrupt(root: Path, version: str) -> None:
+    """Flip one byte in the middle of a version's stored artifact."""
+    artifact = next((root / "mlp" / version).glob("model.onnx*"))
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "plain"])
+def test_a_flipped_byte_in_the_stored_artifact_is_refused(tmp_path: Path, compress: bool) -> None:
+    """Whether stored gzip or plain, one flipped byte makes read_model raise ArtifactError."""
+    registry = Registry.at(tmp_path / "registry")
+    manifest = push_model(registry, make_mlp(tmp_path / "m.onnx", features=64, hidden=256), name="m", compress=compress)
+    assert ("gzip" if compress else "none") == manifest.compression
+    artifact = tmp_path / "registry" / "m" / "1" / manifest.artifact
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+
+    with pytest.raises(ArtifactError, match="version 1"):
+        registry.read_model("m", "1")
+
+
+def test_a_refused_version_is_remembered_and_the_next_highest_serves(root: Path) -> None:
+    """The highest version is corrupted: loading it fails once, and resolution falls back to 2."""
+    corrupt(root, "3")
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelLoadError):
+        store.load("mlp", "3")
+    store.forget_resolution("mlp")
+
+    assert ("mlp", "2") == store.resolve(None, None)
+    assert "mlp" == store.load("mlp", "2").name
+    with pytest.raises(ModelLoadError):  # not tried again: the refusal is remembered
+        store.load("mlp", "3")
+
+
+def test_a_desired_state_routes_requests_and_a_pin_overrides_it(root: Path) -> None:
+    """With a state (current 1, canary 2 at 50 %), ids route deterministically; a pinned version wins."""
+    store = ModelStore(root, default_name="mlp")
+    for version in ("1", "2"):
+        store.load("mlp", version)
+    state = DesiredState("mlp", current="1").with_canary("2", 0.5)
+    store.set_state(state)
+
+    routed = {store.resolve(None, None, f"id-{i}")[1] for i in range(50)}
+    assert {"1", "2"} == routed
+    assert all(store.resolve(None, None, f"id-{i}")[1] == state.route(f"id-{i}") for i in range(50))
+    assert ("mlp", "3") == store.resolve("mlp", "3", "id-0")
+
+
+def test_versions_a_state_drops_are_unloaded(root: Path) -> None:
+    """Promoting 3 over 2 over 1 keeps 3 and its rollback target 2 loaded, and unloads 1."""
+    store = ModelStore(root, default_name="mlp")
+    for version in ("1", "2", "3"):
+        store.load("mlp", version)
+
+    store.set_state(DesiredState("mlp", current="1").promote("2").promote("3"))
+
+    assert [None, "2", "3"] == [getattr(store.cached("mlp", v), "version", None) for v in ("1", "2", "3")]
+
+
+def test_an_unknown_pinned_version_is_not_found(root: Path) -> None:
+    """A request pinning a version the registry does not have is refused, never served by another."""
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelNotFoundError, match="no version '9'"):
+        store.resolve("mlp", "9")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections import Counter
 from typing import Any
 
 from registry import bus, compare, optimize, push
@@ -126,13 +127,16 @@ def list_models(registry: Registry, settings: Settings) -> int:
     if not models:
         print(f"no models in the registry at {settings.model_root}; add one with `streamscore model push`")
         return 0
-    print(f"{'model':<20} {'versions':<24} {'current':<8} {'canary':<12} shadow")
+    statuses = _statuses(settings, None) if states is not None else []
+    print(f"{'model':<20} {'versions':<16} {'current':<8} {'canary':<10} {'shadow':<7} workers serve")
     for name in models:
         state = (states or {}).get(name)
         current = state.current if state else f"{registry.versions(name)[-1]}*"
+        serving = Counter(s.current for s in statuses if s.model == name)
+        served = ", ".join(f"{v} ({n})" for v, n in sorted(serving.items(), key=lambda kv: str(kv[0]))) or "-"
         print(
-            f"{name:<20} {','.join(registry.versions(name)):<24} {current or '-':<8} "
-            f"{_canary(state) if state else '-':<12} {(state.shadow if state else None) or '-'}"
+            f"{name:<20} {','.join(registry.versions(name)):<16} {current or '-':<8} "
+            f"{_canary(state) if state else '-':<10} {(state.shadow if state else None) or '-':<7} {served}"
         )
     if states is None:
         print("(the control topic could not be read: * is the highest version, what workers serve without one)")
@@ -161,9 +165,9 @@ def show_model(registry: Registry, settings: Settings, name: str) -> int:
         for spec in m.outputs:
             print(f"      output {spec.name} {spec.datatype} {spec.shape}")
         if m.measurements:
-            print(f"      measured against {m.parent}: {_short(m.measurements)}")
+            print(f"      measured against {m.parent}: {_measured(m.measurements)}")
         for event in m.history:
-            print(f"      {event.get('at', '')} {event.get('event', '')}: {_short(event)}")
+            print(f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}: {_measured(event)}")
     if state is not None:
         print(
             f"  desired: {state.change} by {state.by} at {state.updated_at}; rollback to "
@@ -193,8 +197,20 @@ def _roles(state: DesiredState | None) -> dict[str, str]:
     return roles
 
 
-def _short(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in ("at", "event"))
+def _measured(values: dict[str, Any]) -> str:
+    """One line of an optimization's measurements: sizes, latency, and each output's differences."""
+    parts = []
+    if "size" in values:
+        parts.append(f"size {values.get('parent_size')} -> {values['size']} bytes")
+    if "latency_us_per_row" in values:
+        parts.append(f"{values.get('parent_latency_us_per_row')} -> {values['latency_us_per_row']} us/row")
+    for output, diff in (values.get("outputs") or {}).items():
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in diff.items() if isinstance(v, int | float))
+        parts.append(f"{output}: {shown}")
+    settings = values.get("settings") or {}
+    if settings:
+        parts.append(f"quantize={settings.get('quantize')} graph={settings.get('graph')}")
+    return "; ".join(parts)
 
 
 def _states_or_none(settings: Settings) -> dict[str, DesiredState] | None:
@@ -204,9 +220,9 @@ def _states_or_none(settings: Settings) -> dict[str, DesiredState] | None:
         return None
 
 
-def _statuses(settings: Settings, name: str) -> list[WorkerStatus]:
+def _statuses(settings: Settings, name: str | None) -> list[WorkerStatus]:
     try:
         found = asyncio.run(asyncio.wait_for(bus.read_statuses(settings.kafka_options(), settings.control_topic), 15))
     except Exception:
         return []
-    return sorted((s for s in found if s.model == name), key=lambda s: s.worker)
+    return sorted((s for s in found if name is None or s.model == name), key=lambda s: s.worker)

@@ -26,8 +26,8 @@ from producer.client import FeatureProducer
 from registry.push import push_model
 from registry.registry import Registry
 from schemas import headers as h
-from schemas.errors import StreamscoreError
 from schemas.codec import decode_response
+from schemas.errors import StreamscoreError
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"

@@ -1,0 +1,611 @@
+"""`streamscore collect`: gather the results (and dead letters) of one batch into one file.
+
+Reads the results and dead-letter topics from the beginning (no consumer group), keeps the
+records whose request id is `<id-prefix>-<row index>` for an expected id, drops repeats (the
+first wins; a later result replaces a dead letter, as after a replay), stops once every expected
+id has a result or a dead letter, and writes the results sorted by row index:
+
+    .jsonl  one object per request: {"id", "model_version", <output name>: <data in its shape>}
+            (an output called "id" or "model_version" is written as "output_id", ...)
+    .csv    one line per input row: id, row, model_version, then each output's values of that
+            row; a request of k rows gives k lines (row = first row + 0..k-1); an output of
+            w values per row gives columns <name>_0 .. <name>_<w-1> (C order of its trailing
+            dimensions), or just <name> when w is 1; null (a non-finite value) is an empty cell
+
+Dead letters (and results that cannot be read or do not fit the CSV columns of the first
+result, stage "collect") go to `<out>.dead.jsonl`: {"key", "row", "stage", "error", "message"}.
+
+Memory: each result is formatted on arrival and appended to a spool file beside the output;
+per expected request only a state byte, a spool offset and a length are kept (13 bytes, so
+13 MB for a million requests). The output is then written from the spool in row order.
+
+Exit codes: 0 every id accounted for, 1 timeout (ids missing) or broker failure, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import math
+import mmap
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, _positive_int, _quiet_client_logs
+from producer.files import ReadyRequest, read_chunks
+from schemas import headers as h
+from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
+from worker.records import Record
+from worker.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_RESULTS_TOPIC, Settings, kafka_options
+
+PROG = "streamscore collect"
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_DEAD_LETTER_TOPIC = Settings().dead_letter_topic_name
+POLL_MS = 200
+MISSING_SHOWN = 5
+EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT = 0, 1, 2
+OUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+FIXED_KEYS = ("id", "model_version")
+MISSING, RESULT, DEAD = 0, 1, 2  # what a request has so far (a state byte per request)
+COLLECT_STAGE = "collect"
+
+
+class FlattenError(ValueError):
+    """A result that cannot be read, or does not fit the CSV columns."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids
+
+
+def parse_row(request_id: str, prefix: str) -> int | None:
+    """The row index in `<prefix>-<row index>`, or None for any other id."""
+    head = prefix + "-"
+    if not request_id.startswith(head):
+        return None
+    tail = request_id[len(head) :]
+    if not (tail.isascii() and tail.isdigit()) or (tail != "0" and tail.startswith("0")):
+        return None  # produce never pads, so "p-007" is not the id of row 7
+    return int(tail)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The ids produce gave: `<prefix>-<n * rows_per_request>` for n in 0 .. count-1."""
+
+    prefix: str
+    count: int
+    rows_per_request: int = 1
+
+    def number_of(self, request_id: str) -> int | None:
+        """The request number of an expected id, or None."""
+        row = parse_row(request_id, self.prefix)
+        if row is None or row % self.rows_per_request:
+            return None
+        number = row // self.rows_per_request
+        return number if number < self.count else None
+
+    def id_of(self, number: int) -> str:
+        return f"{self.prefix}-{number * self.rows_per_request}"
+
+
+def count_requests(path: Path, rows_per_request: int) -> int:
+    """How many requests produce makes of the rows in `path` (read in chunks, not kept)."""
+    rows = 0
+    for chunk in read_chunks(path):
+        if isinstance(chunk, ReadyRequest):
+            raise ConfigError(f"{path}, line {chunk.line}: holds ready requests; pass --expect N instead")
+        rows += len(chunk)
+    return math.ceil(rows / rows_per_request)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flattening (pure)
+
+Output = tuple[str, list[int], list[Any]]  # name, shape, flat row-major data
+
+
+def read_outputs(body: Any) -> list[Output]:
+    """The outputs of a decoded V2 response body, checked: shape and data agree."""
+    try:
+        raw = body["outputs"]
+        outputs = [(o["name"], o["shape"], _flat(o["data"])) for o in raw]
+    except (KeyError, TypeError) as error:
+        raise FlattenError(f"not a V2 response: {error!r}") from None
+    for name, shape, data in outputs:
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise FlattenError(f"output {name!r}: bad shape {shape!r}")
+        if math.prod(shape) != len(data):
+            raise FlattenError(f"output {name!r}: shape {shape} holds {math.prod(shape)} values, data has {len(data)}")
+    return outputs
+
+
+def _flat(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    return [value for item in data for value in _flat(item)]
+
+
+def nest(data: list[Any], shape: Sequence[int]) -> Any:
+    """Row-major `data` as nested lists of `shape` (a scalar for shape [])."""
+    if not shape:
+        return data[0]
+    if len(shape) == 1 or shape[0] == 0:
+        return data
+    step = len(data) // shape[0]
+    return [nest(data[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def jsonl_object(request_id: str, body: Any) -> dict[str, Any]:
+    """One JSON Lines object per request: id, model_version, then each output in its shape."""
+    found = {"id": request_id, "model_version": body.get("model_version")}
+    for name, shape, data in read_outputs(body):
+        found[f"output_{name}" if name in FIXED_KEYS else name] = nest(data, shape)
+    return found
+
+
+def rows_and_width(shape: Sequence[int]) -> tuple[int, int]:
+    """(rows, values per row) of an output: its first dimension, and the rest multiplied."""
+    return (1, 1) if not shape else (shape[0], math.prod(shape[1:]))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The CSV layout, learned from the first result: each output's name and values per row."""
+
+    outputs: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, outputs: Sequence[Output]) -> Columns:
+        return cls(tuple((name, rows_and_width(shape)[1]) for name, shape, _ in outputs))
+
+    def header(self) -> list[str]:
+        names = [name if width == 1 else f"{name}_{i}" for name, width in self.outputs for i in range(width)]
+        return ["id", "row", "model_version", *names]
+
+    def rows(self, request_id: str, first_row: int, model_version: Any, outputs: Sequence[Output]) -> list[list[Any]]:
+        """One CSV row per input row of the request."""
+        by_name = {name: (rows_and_width(shape), data) for name, shape, data in outputs}
+        if sorted(by_name) != sorted(name for name, _ in self.outputs):
+            raise FlattenError(f"outputs {sorted(by_name)} differ from the columns' {[n for n, _ in self.outputs]}")
+        count = by_name[self.outputs[0][0]][0][0]
+        lines = [[request_id, first_row + i, model_version] for i in range(count)]
+        for name, width in self.outputs:
+            (rows, got), data = by_name[name]
+            if (rows, got) != (count, width):
+                raise FlattenError(f"output {name!r}: {rows} rows of {got} values, the columns need {count} of {width}")
+            for i, line in enumerate(lines):
+                line.extend(data[i * width : (i + 1) * width])
+        return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Bookkeeping
+
+
+class Ledger:
+    """Per expected request: has it a result or a dead letter, and where is it spooled."""
+
+    def __init__(self, count: int) -> None:
+        self.state = np.zeros(count, dtype=np.int8)
+        self.offset = np.zeros(count, dtype=np.int64)
+        self.length = np.zeros(count, dtype=np.uint32)
+        self.settled = 0
+        self.superseded = 0  # dead letters replaced by a later result
+
+    def accepts(self, number: int, kind: int) -> bool:
+        """Whether a record of `kind` for request `number` is kept (else it is a duplicate)."""
+        current = self.state[number]
+        return bool(current == MISSING or (current == DEAD and kind == RESULT))
+
+    def store(self, number: int, kind: int, offset: int, length: int) -> None:
+        if self.state[number] == MISSING:
+            self.settled += 1
+        else:
+            self.superseded += 1
+        self.state[number], self.offset[number], self.length[number] = kind, offset, length
+
+    def numbers(self, kind: int) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """The request numbers holding `kind`, in row order."""
+        return np.flatnonzero(self.state == kind)
+
+
+class Spool:
+    """Append-only bytes in a file; an entry is read back by (offset, length)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("w+b")
+        self.size = 0
+
+    def append(self, data: bytes) -> int:
+        offset = self.size
+        self._file.write(data)
+        self.size += len(data)
+        return offset
+
+    def copy(self, ledger: Ledger, kind: int, target: io.BufferedWriter) -> None:
+        """Write the entries of every request holding `kind` to `target`, in row order."""
+        self._file.flush()
+        if not self.size:
+            return
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            for number in ledger.numbers(kind):
+                start = int(ledger.offset[number])
+                target.write(view[start : start + int(ledger.length[number])])
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Summary:
+    """What was collected."""
+
+    expected: int = 0
+    results: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    superseded: int = 0
+    outside: int = 0  # ids with the prefix that were not expected
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)  # the first few ids without anything
+    missing_count: int = 0
+
+    def describe(self, out: Path) -> str:
+        rate = (self.results + self.dead_letters) / self.seconds if self.seconds > 0 else 0.0
+        text = (
+            f"collected {self.results} results and {self.dead_letters} dead letters of {self.expected} ids "
+            f"into {out} in {self.seconds:.2f} s ({rate:,.0f} ids/s); dropped {self.duplicates} duplicates"
+        )
+        extras = [(self.superseded, "dead letters replaced by a later result"), (self.outside, "unexpected ids")]
+        return text + "".join(f", {n} {what}" for n, what in extras if n)
+
+
+class Collector:
+    """Turns result and dead-letter records into spooled lines; writes them out in row order."""
+
+    def __init__(self, expected: Expected, out: Path) -> None:
+        self.expected, self.out = expected, out
+        self.csv = OUT_FORMATS[out.suffix.lower()] == "csv"
+        self.ledger = Ledger(expected.count)
+        self.columns: Columns | None = None
+        self.duplicates = self.outside = 0
+        self._results = Spool(out.with_name(f".{out.name}.results.spool"))
+        self._dead = Spool(out.with_name(f".{out.name}.dead.spool"))
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")
+
+    @property
+    def done(self) -> bool:
+        return self.ledger.settled == self.expected.count
+
+    def add_result(self, key: bytes | None, value: bytes | None) -> None:
+        """Keep a result record if its id is expected and not yet answered."""
+        found = self._admit(key, value, RESULT)
+        if found is None:
+            return
+        number, request_id = found
+        try:
+            line = self._format(request_id, number, orjson.loads(value or b""))
+        except (FlattenError, orjson.JSONDecodeError, AttributeError) as error:
+            self._store_dead(number, request_id, COLLECT_STAGE, type(error).__name__, str(error))
+            return
+        self.ledger.store(number, RESULT, self._results.append(line), len(line))
+
+    def add_dead_letter(self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+        """Keep a dead letter if its id is expected and has neither a result nor a dead letter."""
+        found = self._admit(key, value, DEAD)
+        if found is not None:
+            stage, error, message = (
+                h.first(headers, (name,)) for name in (h.DLT_STAGE, h.DLT_ERROR, h.DLT_EXCEPTION_MESSAGE)
+            )
+            self._store_dead(*found, stage, error, message)
+
+    def missing(self, limit: int = MISSING_SHOWN) -> tuple[int, list[str]]:
+        """How many expected ids have nothing yet, and the first `limit` of them."""
+        numbers = self.ledger.numbers(MISSING)
+        return len(numbers), [self.expected.id_of(int(n)) for n in numbers[:limit]]
+
+    def write(self) -> Path | None:
+        """Write the output (and `<out>.dead.jsonl` if there are dead letters); return the latter."""
+        header = b""
+        if self.csv:
+            columns = self.columns.header() if self.columns else Columns(()).header()
+            header = self._csv_bytes([columns])
+        _write_atomically(self.out, header, self._results, self.ledger, RESULT)
+        dead_path = self.out.with_name(self.out.name + ".dead.jsonl")
+        if not self.ledger.numbers(DEAD).size:
+            dead_path.unlink(missing_ok=True)  # no stale file from an earlier run
+            return None
+        _write_atomically(dead_path, b"", self._dead, self.ledger, DEAD)
+        return dead_path
+
+    def close(self) -> None:
+        self._results.close()
+        self._dead.close()
+
+    def summary(self, seconds: float) -> Summary:
+        count, shown = self.missing()
+        return Summary(
+            expected=self.expected.count,
+            results=int(self.ledger.numbers(RESULT).size),
+            dead_letters=int(self.ledger.numbers(DEAD).size),
+            duplicates=self.duplicates,
+            superseded=self.ledger.superseded,
+            outside=self.outside,
+            seconds=seconds,
+            missing=shown,
+            missing_count=count,
+        )
+
+    def _admit(self, key: bytes | None, value: bytes | None, kind: int) -> tuple[int, str] | None:
+        """(request number, id) of a record to keep; None for other batches and duplicates."""
+        request_id = key.decode("utf-8", errors="replace") if key else _body_id(value)
+        if request_id is None or not request_id.startswith(self.expected.prefix):
+            return None
+        number = self.expected.number_of(request_id)
+        if number is None:
+            self.outside += parse_row(request_id, self.expected.prefix) is not None
+            return None
+        if not self.ledger.accepts(number, kind):
+            self.duplicates += 1
+            return None
+        return number, request_id
+
+    def _format(self, request_id: str, number: int, body: Any) -> bytes:
+        if not self.csv:
+            return orjson.dumps(jsonl_object(request_id, body)) + b"\n"
+        outputs = read_outputs(body)
+        self.columns = self.columns or Columns.of(outputs)
+        first_row = number * self.expected.rows_per_request
+        return self._csv_bytes(self.columns.rows(request_id, first_row, body.get("model_version"), outputs))
+
+    def _csv_bytes(self, rows: list[list[Any]]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerows(rows)
+        return self._buffer.getvalue().encode()
+
+    def _store_dead(self, number: int, key: str, stage: str | None, error: str | None, message: str | None) -> None:
+        row = number * self.expected.rows_per_request
+        entry = {"key": key, "row": row, "stage": stage, "error": error, "message": message}
+        line = orjson.dumps(entry) + b"\n"
+        self.ledger.store(number, DEAD, self._dead.append(line), len(line))
+
+
+def _body_id(value: bytes | None) -> str | None:
+    """The `id` of a JSON body (a record without a key); None when there is none."""
+    with suppress(orjson.JSONDecodeError, AttributeError):
+        found = orjson.loads(value or b"").get("id")
+        return found if isinstance(found, str) else None
+    return None
+
+
+def _write_atomically(path: Path, header: bytes, spool: Spool, ledger: Ledger, kind: int) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as target:
+        target.write(header)
+        spool.copy(ledger, kind, target)
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class RecordSource(Protocol):
+    """The part of `AIOKafkaConsumer` the loop uses (a fake stands in for tests)."""
+
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Mapping[Any, Any]: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """What `collect` does, read once from the parsed flags."""
+
+    expected: Expected
+    out: Path
+    results_topic: str = DEFAULT_RESULTS_TOPIC
+    dead_letter_topic: str = DEFAULT_DEAD_LETTER_TOPIC  # empty: read no dead letters
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP_SERVERS
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    progress: bool = False
+    connection: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CollectOptions:
+        """Options from the flags; counts the rows of `--from-file` (a ConfigError if unreadable)."""
+        out = Path(args.out)
+        if out.suffix.lower() not in OUT_FORMATS:
+            raise ConfigError(f"--out {out}: name it .jsonl or .csv (the format follows the extension)")
+        prefix = args.id_prefix or (Path(args.from_file).stem if args.from_file else None)
+        if not prefix:
+            raise ConfigError("--id-prefix is required with --expect (produce's default is the file's stem)")
+        count = args.expect or count_requests(Path(args.from_file), args.rows_per_request)
+        return cls(
+            expected=Expected(prefix, count, args.rows_per_request),
+            out=out,
+            results_topic=args.results_topic,
+            dead_letter_topic=args.dead_letter_topic or "",
+            bootstrap_servers=args.bootstrap_servers,
+            timeout_s=args.timeout,
+            progress=args.progress or sys.stderr.isatty(),
+            connection={name: value for name in CONNECTION_FIELDS if (value := getattr(args, name, None))},
+        )
+
+
+async def collect(
+    options: CollectOptions,
+    *,
+    source: RecordSource | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    progress_stream: TextIO | None = None,
+) -> Summary:
+    """Read until every expected id is answered or `timeout_s` pass without progress; write the files."""
+    started = clock()
+    collector = Collector(options.expected, options.out)
+    progress = _Progress(progress_stream or sys.stderr, options.progress, options.expected.count, clock)
+    try:
+        if source is not None:
+            await _drain(source, collector, options, clock, progress)
+        else:
+            consumer = await _start_consumer(options)
+            try:
+                await _drain(consumer, collector, options, clock, progress)
+            finally:
+                await consumer.stop()
+        progress.close()
+        collector.write()
+        return collector.summary(clock() - started)
+    finally:
+        collector.close()
+
+
+async def _drain(
+    source: RecordSource, collector: Collector, options: CollectOptions, clock: Callable[[], float], progress: _Progress
+) -> None:
+    last_progress = clock()
+    while not collector.done:
+        settled = collector.ledger.settled
+        batches = await source.getmany(timeout_ms=POLL_MS)
+        for records in batches.values():
+            _feed(collector, records, options.results_topic)
+        if collector.ledger.settled > settled:
+            last_progress = clock()
+            progress.update(collector.ledger.settled)
+        elif clock() - last_progress >= options.timeout_s:
+            return
+
+
+def _feed(collector: Collector, records: Sequence[Record], results_topic: str) -> None:
+    for record in records:
+        if record.topic == results_topic:
+            collector.add_result(record.key, record.value)
+        else:
+            collector.add_dead_letter(record.key, record.value, record.headers)
+
+
+async def _start_consumer(options: CollectOptions) -> AIOKafkaConsumer:
+    topics = [t for t in (options.results_topic, options.dead_letter_topic) if t]
+    consumer = AIOKafkaConsumer(
+        *topics,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        metadata_max_age_ms=5000,  # notice a dead-letter topic created while we wait
+        client_id="streamscore-collect",
+        **kafka_options(bootstrap_servers=options.bootstrap_servers, **options.connection),
+    )
+    try:
+        await consumer.start()
+    except KafkaError as error:
+        with suppress(Exception):
+            await consumer.stop()
+        raise BrokerUnavailableError(
+            f"cannot reach the Kafka broker at {options.bootstrap_servers} ({error})"
+        ) from error
+    return consumer
+
+
+class _Progress:
+    """`collected n of N ids` on one line, rewritten at most every PROGRESS_INTERVAL_S."""
+
+    def __init__(self, stream: TextIO, enabled: bool, total: int, clock: Callable[[], float]) -> None:
+        self._stream, self._enabled, self._total, self._clock = stream, enabled, total, clock
+        self._started, self._shown_at = clock(), -math.inf
+
+    def update(self, done: int) -> None:
+        now = self._clock()
+        if self._enabled and now - self._shown_at >= PROGRESS_INTERVAL_S:
+            rate = done / (now - self._started) if now > self._started else 0.0
+            self._stream.write(f"\rcollected {done:,} of {self._total:,} ids ({rate:,.0f} ids/s)")
+            self._stream.flush()
+            self._shown_at = now
+
+    def close(self) -> None:
+        if self._shown_at > -math.inf:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `collect` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "collect",
+        help="gather the results and dead letters of a produced batch into a .jsonl or .csv file",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    add = parser.add_argument
+    add("--id-prefix", help="collect ids <id-prefix>-<row index> (default with --from-file: its stem)")
+    count = parser.add_mutually_exclusive_group(required=True)
+    count.add_argument("--expect", type=_positive_int, help="how many request ids to wait for")
+    count.add_argument("--from-file", type=Path, help="the file produce sent: wait for one id per request")
+    add("--rows-per-request", type=_positive_int, default=1, help="as given to produce (default: 1)")
+    add("--out", required=True, type=Path, help="results.jsonl or results.csv (format from the extension)")
+    add("--results-topic", default=DEFAULT_RESULTS_TOPIC, help="default: %(default)s")
+    add("--dead-letter-topic", default=DEFAULT_DEAD_LETTER_TOPIC, help="default: %(default)s; '' for none")
+    add("--bootstrap-servers", default=DEFAULT_BOOTSTRAP_SERVERS, help="default: %(default)s")
+    add("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="give up after S seconds without a new id")
+    add("--progress", action="store_true", help="show progress on stderr even when not a TTY")
+    add("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    add("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    add("--sasl-username")
+    add("--ssl-cafile")
+    add("--ssl-certfile")
+    add("--ssl-keyfile")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out `collect`: read, write the files, print a summary; return the exit code."""
+    try:
+        options = CollectOptions.from_args(args)
+    except ConfigError as error:
+        _fail(str(error))
+        return EXIT_INPUT
+    _quiet_client_logs()
+    try:
+        summary = asyncio.run(collect(options))
+    except ConfigError as error:
+        _fail(str(error))
+        return EXIT_INPUT
+    except (TransientError, KafkaError) as error:
+        _fail(f"reading {options.results_topic} failed: {error}")
+        return EXIT_INCOMPLETE
+    print(summary.describe(options.out))
+    if summary.missing_count:
+        shown = ", ".join(summary.missing) + (" ..." if summary.missing_count > len(summary.missing) else "")
+        _fail(
+            f"gave up after {options.timeout_s:g} s without progress: {summary.missing_count} ids have "
+            f"neither a result nor a dead letter ({shown}); {options.out} holds the rest"
+        )
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)

@@ -19,6 +19,9 @@ Memory: each result is formatted on arrival and appended to a spool file beside 
 per expected request only a state byte, a spool offset and a length are kept (13 bytes, so
 13 MB for a million requests). The output is then written from the spool in row order.
 
+`--timeout S` gives up after S seconds in which no expected id was answered and no record
+written before the start was read (a backlog of earlier batches keeps it reading).
+
 Exit codes: 0 every id accounted for, 1 timeout (ids missing) or broker failure, 2 bad input.
 """
 
@@ -483,25 +486,32 @@ async def collect(
 async def _drain(
     source: RecordSource, collector: Collector, options: CollectOptions, clock: Callable[[], float], progress: _Progress
 ) -> None:
-    last_progress = clock()
+    """Feed records to `collector` until it is done, or `timeout_s` pass without progress.
+
+    Progress is a newly answered id, or any record written before we started (the backlog of
+    earlier batches may sit ahead of ours); records of other batches arriving live are not.
+    """
+    started_ms, last_progress = time.time() * 1000, clock()
     while not collector.done:
-        settled = collector.ledger.settled
+        settled, backlog = collector.ledger.settled, False
         batches = await source.getmany(timeout_ms=POLL_MS)
         for records in batches.values():
-            _feed(collector, records, options.results_topic)
-        if collector.ledger.settled > settled:
+            backlog |= _feed(collector, records, options.results_topic, started_ms)
+        if collector.ledger.settled > settled or backlog:
             last_progress = clock()
             progress.update(collector.ledger.settled)
         elif clock() - last_progress >= options.timeout_s:
             return
 
 
-def _feed(collector: Collector, records: Sequence[Record], results_topic: str) -> None:
+def _feed(collector: Collector, records: Sequence[Record], results_topic: str, started_ms: float) -> bool:
+    """Hand records to `collector`; whether any was written before `started_ms`."""
     for record in records:
         if record.topic == results_topic:
             collector.add_result(record.key, record.value)
         else:
             collector.add_dead_letter(record.key, record.value, record.headers)
+    return bool(records) and records[0].timestamp < started_ms
 
 
 async def _start_consumer(options: CollectOptions) -> AIOKafkaConsumer:

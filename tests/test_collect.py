@@ -214,6 +214,17 @@ async def test_collect_gives_up_after_timeout_without_progress(tmp_path: Path) -
     assert "id,row,model_version,y\np-1,1,3,1.0\n" == (tmp_path / "o.csv").read_text()
 
 
+async def test_collect_keeps_reading_a_backlog_of_other_batches_past_the_timeout(tmp_path: Path) -> None:
+    """Eight polls of old records of another batch (timeout 5 s), then ours: collect completes."""
+    other = [make_record(response("q-0", y=[[1.0]]), topic="res", key=b"q-0")]
+    source = FakeSource([other] * 8 + [[make_record(response("p-0", y=[[1.0]]), topic="res", key=b"p-0")]])
+    options = CollectOptions(Expected("p", 1), tmp_path / "o.jsonl", results_topic="res", timeout_s=5.0)
+
+    summary = await collect(options, source=source, clock=source.clock)
+
+    assert (1, 0, 9.0) == (summary.results, summary.missing_count, source.now)
+
+
 def test_run_refuses_an_unknown_output_extension(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--out results.parquet exits 2 before connecting, saying which extensions work."""
     args = parse(["--id-prefix", "p", "--expect", "3", "--out", str(tmp_path / "results.parquet")])

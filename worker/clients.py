@@ -62,13 +62,19 @@ async def connect(start: Callable[[], Any], what: str, settings: Settings) -> No
                 try:
                     await start()
                 except KafkaError as error:
-                    raise BrokerUnavailableError(f"Kafka {what} cannot reach {s.bootstrap_servers}: {error}") from error
+                    raise BrokerUnavailableError(
+                        f"Kafka {what} cannot connect to {s.bootstrap_servers} ({s.security_protocol}): {error}"
+                    ) from error
     except BrokerUnavailableError:
         log.error(
             "broker_unavailable",
             client=what,
             bootstrap=s.bootstrap_servers,
-            hint="is the broker running? `streamscore broker start` starts a local one",
+            hint=(
+                "is the broker running (`streamscore broker start` starts a local one), and do the security "
+                "settings match its listener (STREAMSCORE_SECURITY_PROTOCOL, SASL user and password, "
+                "STREAMSCORE_SSL_CAFILE)? aiokafka's log line above names the cause"
+            ),
         )
         raise
 

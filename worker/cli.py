@@ -51,6 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from broker import cli as broker_cli
     from producer import cli as producer_cli
+    from producer import collect as collect_cli
     from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
@@ -63,30 +64,34 @@ def make_parser() -> argparse.ArgumentParser:
         description="Consume V2 requests, score them with the model, produce results and dead letters.",
     )
     _add_setting_flags(worker)
-    produce = producer_cli.add_parser(commands)
-    # the producer shares the worker's connection settings from the environment
-    env = from_sources({k: v for k, v in os.environ.items() if k in _PRODUCER_ENV})
-    produce.set_defaults(
-        bootstrap_servers=env.bootstrap_servers,
-        topic=env.input_topic,
-        security_protocol=env.security_protocol,
-        sasl_mechanism=env.sasl_mechanism or None,
-        sasl_username=env.sasl_username or None,
-        sasl_password=env.sasl_password or None,
-        ssl_cafile=env.ssl_cafile or None,
-        ssl_certfile=env.ssl_certfile or None,
-        ssl_keyfile=env.ssl_keyfile or None,
+    # produce and collect share the worker's connection and topic settings from the environment
+    env = from_sources({k: v for k, v in os.environ.items() if k in _CLIENT_ENV})
+    connection = {
+        "bootstrap_servers": env.bootstrap_servers,
+        "security_protocol": env.security_protocol,
+        "sasl_mechanism": env.sasl_mechanism or None,
+        "sasl_username": env.sasl_username or None,
+        "sasl_password": env.sasl_password or None,
+        "ssl_cafile": env.ssl_cafile or None,
+        "ssl_certfile": env.ssl_certfile or None,
+        "ssl_keyfile": env.ssl_keyfile or None,
+    }
+    producer_cli.add_parser(commands).set_defaults(topic=env.input_topic, **connection)
+    collect_cli.add_parser(commands).set_defaults(
+        results_topic=env.results_topic, dead_letter_topic=env.dead_letter_topic_name, **connection
     )
     broker_cli.add_parser(commands)
     registry_cli.add_parser(commands)
     return parser
 
 
-_PRODUCER_ENV = {
+_CLIENT_ENV = {
     setting_name(name)
     for name in (
         "bootstrap_servers",
         "input_topic",
+        "results_topic",
+        "dead_letter_topic",
         "security_protocol",
         "sasl_mechanism",
         "sasl_username",
@@ -140,8 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_model(args)
         from broker import cli as broker_cli
         from producer import cli as producer_cli
+        from producer import collect as collect_cli
 
-        handlers: dict[str, Any] = {"produce": producer_cli.run, "broker": broker_cli.run}
+        handlers: dict[str, Any] = {"produce": producer_cli.run, "collect": collect_cli.run, "broker": broker_cli.run}
         return int(handlers[args.command](args))
     except (ConfigError, ModelLoadError, ModelNotFoundError) as error:
         print(f"streamscore {args.command}: {error}", file=sys.stderr)

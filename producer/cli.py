@@ -52,13 +52,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--format", choices=FORMATS, help="the file format (default: from the extension)")
     add("--topic", default=DEFAULT_INPUT_TOPIC, help="the input topic (default: %(default)s)")
     add("--bootstrap-servers", default=DEFAULT_BOOTSTRAP_SERVERS, help="default: %(default)s")
-    add("--rows-per-request", type=_positive_int, default=1, help="rows in each request")
+    add("--rows-per-request", type=positive_int, default=1, help="rows in each request")
     add("--input-name", default="x", help="the model input the rows feed (default: x)")
     add("--datatype", default=DEFAULT_DATATYPE, choices=[d for d in DATATYPES if d != "BYTES"])
     add("--model", help="the model to score with (header streamscore-model)")
     add("--model-version", help="pin a model version (header streamscore-model-version)")
     add("--id-prefix", help="request ids are <id-prefix>-<first row index> (default: file stem)")
-    add("--limit", type=_positive_int, help="send at most N rows (a ready request counts as 1)")
+    add("--limit", type=positive_int, help="send at most N rows (a ready request counts as 1)")
     add("--progress", action="store_true", help="show progress on stderr even when not a TTY")
     add("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     add("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Carry out `produce`: send the file, print a summary; return the exit code."""
     options = ProduceOptions.from_args(args)
-    _quiet_client_logs()
+    quiet_client_logs()
     summary = Summary()
     try:
         asyncio.run(produce(options, summary=summary))
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _quiet_client_logs() -> None:
+def quiet_client_logs() -> None:
     """Keep aiokafka's own warnings off stderr when nobody configured logging (no last resort).
 
     A NullHandler only stops Python's last-resort printing; records still reach the root
@@ -101,7 +101,7 @@ def _fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")

@@ -47,8 +47,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, _positive_int, _quiet_client_logs
+from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, positive_int, quiet_client_logs
 from producer.files import ReadyRequest, read_chunks
+from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from schemas import headers as h
 from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
 from worker.records import Record
@@ -61,13 +62,8 @@ POLL_MS = 200
 MISSING_SHOWN = 5
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT = 0, 1, 2
 OUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-FIXED_KEYS = ("id", "model_version")
 MISSING, RESULT, DEAD = 0, 1, 2  # what a request has so far (a state byte per request)
 COLLECT_STAGE = "collect"
-
-
-class FlattenError(ValueError):
-    """A result that cannot be read, or does not fit the CSV columns."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,88 +109,6 @@ def count_requests(path: Path, rows_per_request: int) -> int:
             raise ConfigError(f"{path}, line {chunk.line}: holds ready requests; pass --expect N instead")
         rows += len(chunk)
     return math.ceil(rows / rows_per_request)
-
-
-# ---------------------------------------------------------------------------------------------
-# Flattening (pure)
-
-Output = tuple[str, list[int], list[Any]]  # name, shape, flat row-major data
-
-
-def read_outputs(body: Any) -> list[Output]:
-    """The outputs of a decoded V2 response body, checked: shape and data agree."""
-    try:
-        raw = body["outputs"]
-        outputs = [(o["name"], o["shape"], _flat(o["data"])) for o in raw]
-    except (KeyError, TypeError) as error:
-        raise FlattenError(f"not a V2 response: {error!r}") from None
-    for name, shape, data in outputs:
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise FlattenError(f"output {name!r}: bad shape {shape!r}")
-        if math.prod(shape) != len(data):
-            raise FlattenError(f"output {name!r}: shape {shape} holds {math.prod(shape)} values, data has {len(data)}")
-    return outputs
-
-
-def _flat(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    if not data or not isinstance(data[0], list):
-        return data
-    return [value for item in data for value in _flat(item)]
-
-
-def nest(data: list[Any], shape: Sequence[int]) -> Any:
-    """Row-major `data` as nested lists of `shape` (a scalar for shape [])."""
-    if not shape:
-        return data[0]
-    if len(shape) == 1 or shape[0] == 0:
-        return data
-    step = len(data) // shape[0]
-    return [nest(data[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def jsonl_object(request_id: str, body: Any) -> dict[str, Any]:
-    """One JSON Lines object per request: id, model_version, then each output in its shape."""
-    found = {"id": request_id, "model_version": body.get("model_version")}
-    for name, shape, data in read_outputs(body):
-        found[f"output_{name}" if name in FIXED_KEYS else name] = nest(data, shape)
-    return found
-
-
-def rows_and_width(shape: Sequence[int]) -> tuple[int, int]:
-    """(rows, values per row) of an output: its first dimension, and the rest multiplied."""
-    return (1, 1) if not shape else (shape[0], math.prod(shape[1:]))
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The CSV layout, learned from the first result: each output's name and values per row."""
-
-    outputs: tuple[tuple[str, int], ...]
-
-    @classmethod
-    def of(cls, outputs: Sequence[Output]) -> Columns:
-        return cls(tuple((name, rows_and_width(shape)[1]) for name, shape, _ in outputs))
-
-    def header(self) -> list[str]:
-        names = [name if width == 1 else f"{name}_{i}" for name, width in self.outputs for i in range(width)]
-        return ["id", "row", "model_version", *names]
-
-    def rows(self, request_id: str, first_row: int, model_version: Any, outputs: Sequence[Output]) -> list[list[Any]]:
-        """One CSV row per input row of the request."""
-        by_name = {name: (rows_and_width(shape), data) for name, shape, data in outputs}
-        if sorted(by_name) != sorted(name for name, _ in self.outputs):
-            raise FlattenError(f"outputs {sorted(by_name)} differ from the columns' {[n for n, _ in self.outputs]}")
-        count = by_name[self.outputs[0][0]][0][0]
-        lines = [[request_id, first_row + i, model_version] for i in range(count)]
-        for name, width in self.outputs:
-            (rows, got), data = by_name[name]
-            if (rows, got) != (count, width):
-                raise FlattenError(f"output {name!r}: {rows} rows of {got} values, the columns need {count} of {width}")
-            for i, line in enumerate(lines):
-                line.extend(data[i * width : (i + 1) * width])
-        return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,9 +486,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--id-prefix", help="collect ids <id-prefix>-<row index> (default with --from-file: its stem)")
     count = parser.add_mutually_exclusive_group(required=True)
-    count.add_argument("--expect", type=_positive_int, help="how many request ids to wait for")
+    count.add_argument("--expect", type=positive_int, help="how many request ids to wait for")
     count.add_argument("--from-file", type=Path, help="the file produce sent: wait for one id per request")
-    add("--rows-per-request", type=_positive_int, default=1, help="as given to produce (default: 1)")
+    add("--rows-per-request", type=positive_int, default=1, help="as given to produce (default: 1)")
     add("--out", required=True, type=Path, help="results.jsonl or results.csv (format from the extension)")
     add("--results-topic", default=DEFAULT_RESULTS_TOPIC, help="default: %(default)s")
     add("--dead-letter-topic", default=DEFAULT_DEAD_LETTER_TOPIC, help="default: %(default)s; '' for none")
@@ -597,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _fail(str(error))
         return EXIT_INPUT
-    _quiet_client_logs()
+    quiet_client_logs()
     try:
         summary = asyncio.run(collect(options))
     except ConfigError as error:

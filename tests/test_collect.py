@@ -15,17 +15,14 @@ import pytest
 from producer.collect import (
     CollectOptions,
     Collector,
-    Columns,
     Expected,
-    FlattenError,
     add_parser,
     collect,
     count_requests,
-    jsonl_object,
     parse_row,
-    read_outputs,
     run,
 )
+from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from schemas import headers as h
 from schemas.codec import encode_response
 from schemas.tensors import as_tensor

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from broker import local, topics
+from broker.config import DEFAULT_CONTROLLER_PORT, DEFAULT_HOME, DEFAULT_PORT
 from schemas.errors import StreamscoreError
 
 EXIT_OK = 0
@@ -28,19 +29,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     common.add_argument(
         "--dir",
         type=Path,
-        default=local.DEFAULT_HOME,
+        default=DEFAULT_HOME,
         help="folder of jars, data and logs (default: %(default)s)",
     )
     common.add_argument(
         "--port",
         type=int,
-        default=local.DEFAULT_PORT,
+        default=DEFAULT_PORT,
         help="client port on 127.0.0.1 (default: %(default)s)",
     )
     common.add_argument(
         "--controller-port",
         type=int,
-        default=local.DEFAULT_CONTROLLER_PORT,
+        default=DEFAULT_CONTROLLER_PORT,
         help="KRaft controller port on 127.0.0.1 (default: %(default)s)",
     )
     common.add_argument(

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from broker import local
+from broker.config import new_cluster_id, render_properties, server_properties
 from tests.conftest import MakeTopics
 
 
@@ -17,7 +18,7 @@ def test_server_properties_configure_single_node_kraft() -> None:
     """server.properties makes node 1 both broker and controller, on the chosen ports only."""
     config = local.BrokerConfig(home=Path("/tmp/k"), port=29092, controller_port=29093)
 
-    properties = local.server_properties(config)
+    properties = server_properties(config)
 
     assert properties["process.roles"] == "broker,controller"
     assert properties["node.id"] == "1"
@@ -33,7 +34,7 @@ def test_server_properties_configure_single_node_kraft() -> None:
 
 def test_server_properties_fit_one_replica() -> None:
     """Every internal topic asks for one replica, so a single node can create it."""
-    properties = local.server_properties(local.BrokerConfig())
+    properties = server_properties(local.BrokerConfig())
 
     for key in (
         "offsets.topic.replication.factor",
@@ -48,12 +49,12 @@ def test_server_properties_fit_one_replica() -> None:
 
 def test_render_properties_writes_one_key_a_line() -> None:
     """The properties file is `key=value` lines in the given order."""
-    assert local.render_properties({"a": "1", "b.c": "x y"}) == "a=1\nb.c=x y\n"
+    assert render_properties({"a": "1", "b.c": "x y"}) == "a=1\nb.c=x y\n"
 
 
 def test_new_cluster_id_is_base64url_of_16_bytes() -> None:
     """A cluster id is 22 characters of unpadded base64url, new every time."""
-    first, second = local.new_cluster_id(), local.new_cluster_id()
+    first, second = new_cluster_id(), new_cluster_id()
 
     assert len(first) == 22
     assert set(first) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from broker import local
+from broker.config import scram_arguments, security_properties, server_properties
 from broker.errors import LocalBrokerError
 
 PEM = Path("/pki")
@@ -34,14 +35,14 @@ def test_default_config_opens_no_secure_listener() -> None:
     config = local.BrokerConfig(home=Path("/tmp/k"), port=29092, controller_port=29093)
 
     assert {"PLAINTEXT": 29092} == config.listeners
-    assert {} == local.security_properties(config)
-    assert [] == local.scram_arguments(config)
+    assert {} == security_properties(config)
+    assert [] == scram_arguments(config)
 
 
 def test_every_listener_is_bound_advertised_and_mapped_to_its_protocol() -> None:
     """Each optional listener is bound and advertised on its port; MTLS speaks SSL; the controller
     and inter-broker traffic stay on PLAINTEXT."""
-    properties = local.server_properties(secure_config())
+    properties = server_properties(secure_config())
 
     advertised = (
         "PLAINTEXT://127.0.0.1:29092,SASL_PLAINTEXT://127.0.0.1:29094,SSL://127.0.0.1:29095,"
@@ -60,7 +61,7 @@ def test_every_listener_is_bound_advertised_and_mapped_to_its_protocol() -> None
 @pytest.mark.parametrize("listener", ["sasl_plaintext", "sasl_ssl"])
 def test_sasl_listeners_accept_plain_and_scram_for_the_configured_users(listener: str) -> None:
     """Both SASL listeners enable PLAIN (users in the JAAS line) and SCRAM-SHA-256 (users in metadata)."""
-    properties = local.server_properties(secure_config(users={"alice": "a-1", "bob": "b-2"}))
+    properties = server_properties(secure_config(users={"alice": "a-1", "bob": "b-2"}))
 
     prefix = f"listener.name.{listener}"
     assert "PLAIN,SCRAM-SHA-256" == properties[f"{prefix}.sasl.enabled.mechanisms"]
@@ -76,7 +77,7 @@ def test_sasl_listeners_accept_plain_and_scram_for_the_configured_users(listener
 
 def test_tls_listeners_use_pem_files_and_only_mtls_requires_a_client_certificate() -> None:
     """The keystore and truststore are PEM files; client auth is required on MTLS alone."""
-    properties = local.server_properties(secure_config())
+    properties = server_properties(secure_config())
 
     assert "PEM" == properties["ssl.keystore.type"]
     assert str(PEM / "server-keystore.pem") == properties["ssl.keystore.location"]
@@ -95,7 +96,7 @@ def test_storage_format_adds_one_scram_credential_per_user() -> None:
         "SCRAM-SHA-256=[name=alice,password=a-1]",
         "--add-scram",
         "SCRAM-SHA-256=[name=bob,password=b-2]",
-    ] == local.scram_arguments(config)
+    ] == scram_arguments(config)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,223 @@
+"""What a local Kafka broker is configured with, and the server.properties that follow (pure).
+
+Besides PLAINTEXT (which stays the inter-broker listener, beside the KRaft CONTROLLER one), a
+broker can listen with authentication and encryption on extra ports: SASL_PLAINTEXT and SASL_SSL
+(mechanisms PLAIN and SCRAM-SHA-256, for the `users` of the config), SSL (server certificate
+only) and MTLS (SSL that requires a client certificate signed by `ssl_truststore`). Certificates
+are PEM files. SCRAM credentials live in the cluster metadata, so they are written when the
+storage is formatted: users added to an already formatted folder can use PLAIN only.
+
+Running the broker (jars, format, start, stop) is in `broker/local.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.errors import LocalBrokerError
+
+DEFAULT_HOME = Path(".kafka")
+DEFAULT_PORT = 9092
+DEFAULT_CONTROLLER_PORT = 9093
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256")
+# Characters that would break the JAAS line or the `--add-scram` argument they are written into.
+_UNSAFE_CREDENTIAL = re.compile(r'[\s"\\,=\[\];]')
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where a local broker keeps its files and which ports it listens on."""
+
+    home: Path = DEFAULT_HOME
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    libs: Path | None = None  # the jars cache; None: `<home>/libs`
+    # Optional listeners (None: not opened) and what they need.
+    sasl_port: int | None = None  # SASL_PLAINTEXT, mechanisms PLAIN and SCRAM-SHA-256
+    ssl_port: int | None = None  # SSL, server certificate only
+    mtls_port: int | None = None  # SSL with a required client certificate
+    sasl_ssl_port: int | None = None  # SASL_SSL, mechanisms PLAIN and SCRAM-SHA-256
+    users: dict[str, str] = field(default_factory=dict, repr=False, hash=False)  # SASL name -> password
+    ssl_keystore: Path | None = None  # PEM: unencrypted PKCS#8 key, then the certificate chain
+    ssl_truststore: Path | None = None  # PEM: the CAs that sign client certificates (MTLS)
+
+    def __post_init__(self) -> None:
+        if self.sasl_port is not None or self.sasl_ssl_port is not None:
+            if not self.users:
+                raise LocalBrokerError("a SASL listener needs at least one user")
+            unsafe = [name for name, password in self.users.items() if not _safe_credential(name, password)]
+            if unsafe:
+                raise LocalBrokerError(f'user names and passwords must not hold spaces or ",=[];\\: {unsafe}')
+        tls_ports = (self.ssl_port, self.mtls_port, self.sasl_ssl_port)
+        if self.ssl_keystore is None and any(port is not None for port in tls_ports):
+            raise LocalBrokerError("an SSL listener needs ssl_keystore (PEM key and certificate chain)")
+        if self.mtls_port is not None and self.ssl_truststore is None:
+            raise LocalBrokerError("the MTLS listener needs ssl_truststore (PEM CA of client certificates)")
+
+    @property
+    def address(self) -> str:
+        """The bootstrap address clients use."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def listeners(self) -> dict[str, int]:
+        """The client listeners by name (PLAINTEXT first, then the optional ones that are set)."""
+        optional = {
+            "SASL_PLAINTEXT": self.sasl_port,
+            "SSL": self.ssl_port,
+            "MTLS": self.mtls_port,
+            "SASL_SSL": self.sasl_ssl_port,
+        }
+        return {"PLAINTEXT": self.port, **{name: port for name, port in optional.items() if port is not None}}
+
+    def address_of(self, listener: str) -> str:
+        """The bootstrap address of one listener (`"SASL_PLAINTEXT"`, `"SSL"`, `"MTLS"`, ...)."""
+        try:
+            return f"127.0.0.1:{self.listeners[listener]}"
+        except KeyError:
+            raise LocalBrokerError(f"this broker has no {listener} listener") from None
+
+    @property
+    def libs_dir(self) -> Path:
+        return (self.libs or self.home / "libs").absolute()
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.home / "data").absolute()
+
+    @property
+    def log_dir(self) -> Path:
+        return (self.home / "logs").absolute()
+
+    @property
+    def properties_file(self) -> Path:
+        return (self.home / "server.properties").absolute()
+
+    @property
+    def pid_file(self) -> Path:
+        return (self.home / "broker.pid").absolute()
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What `status` found: whether the broker process runs, its pid and address."""
+
+    running: bool
+    pid: int | None
+    address: str
+
+
+DEFAULT_CONFIG = BrokerConfig()
+
+
+def server_properties(config: BrokerConfig) -> dict[str, str]:
+    """The server.properties of a single-node KRaft broker+controller, tuned for tests."""
+    listeners = config.listeners
+    protocols = {"CONTROLLER": "PLAINTEXT", **{name: _PROTOCOLS[name] for name in listeners}}
+    advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+    return {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{config.controller_port}",
+        "listeners": f"{advertised},CONTROLLER://127.0.0.1:{config.controller_port}",
+        "advertised.listeners": advertised,
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": ",".join(f"{name}:{protocol}" for name, protocol in protocols.items()),
+        "inter.broker.listener.name": "PLAINTEXT",
+        **security_properties(config),
+        "log.dirs": str(config.data_dir),
+        "num.partitions": "1",
+        "auto.create.topics.enable": "false",
+        # One node: every internal topic has one replica, and few partitions so that the
+        # first consumer group or transaction does not wait for 50 partitions to be created.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        # Tests: no rebalance delay, and short session timeouts allowed.
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",
+        "group.consumer.min.session.timeout.ms": "1000",
+        "group.consumer.min.heartbeat.interval.ms": "500",
+    }
+
+
+_PROTOCOLS = {
+    "PLAINTEXT": "PLAINTEXT",
+    "SASL_PLAINTEXT": "SASL_PLAINTEXT",
+    "SSL": "SSL",
+    "MTLS": "SSL",
+    "SASL_SSL": "SASL_SSL",
+}
+
+
+def security_properties(config: BrokerConfig) -> dict[str, str]:
+    """The SASL and TLS settings of the optional listeners (none when none is configured)."""
+    properties: dict[str, str] = {}
+    listeners = config.listeners
+    for name in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if name in listeners:
+            properties.update(_sasl_properties(name.lower(), config.users))
+    if config.ssl_keystore is not None and {"SSL", "MTLS", "SASL_SSL"} & listeners.keys():
+        properties.update(
+            {
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(config.ssl_keystore.absolute()),
+                "ssl.client.auth": "none",
+            }
+        )
+    if config.ssl_truststore is not None and "MTLS" in listeners:
+        properties.update(
+            {
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(config.ssl_truststore.absolute()),
+                "listener.name.mtls.ssl.client.auth": "required",
+            }
+        )
+    return properties
+
+
+def _sasl_properties(listener: str, users: dict[str, str]) -> dict[str, str]:
+    """PLAIN checks passwords against the JAAS line; SCRAM against credentials in the metadata."""
+    plain_users = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    prefix = f"listener.name.{listener}"
+    return {
+        f"{prefix}.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+        f"{prefix}.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+        ),
+        f"{prefix}.scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+    }
+
+
+def scram_arguments(config: BrokerConfig) -> list[str]:
+    """`kafka-storage format` arguments that create a SCRAM-SHA-256 credential per SASL user."""
+    if config.sasl_port is None and config.sasl_ssl_port is None:
+        return []
+    return [
+        argument
+        for name, password in config.users.items()
+        for argument in ("--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]")
+    ]
+
+
+def _safe_credential(name: str, password: str) -> bool:
+    return bool(name and password) and not _UNSAFE_CREDENTIAL.search(name + password)
+
+
+def render_properties(properties: dict[str, str]) -> str:
+    """The text of a .properties file, one `key=value` a line."""
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")

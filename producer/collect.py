@@ -15,10 +15,6 @@ id has a result or a dead letter, and writes the results sorted by row index:
 Dead letters (and results that cannot be read or do not fit the CSV columns of the first
 result, stage "collect") go to `<out>.dead.jsonl`: {"key", "row", "stage", "error", "message"}.
 
-Memory: each result is formatted on arrival and appended to a spool file beside the output;
-per expected request only a state byte, a spool offset and a length are kept (13 bytes, so
-13 MB for a million requests). The output is then written from the spool in row order.
-
 `--timeout S` gives up after S seconds in which no expected id was answered and no record
 written before the start was read (a backlog of earlier batches keeps it reading).
 
@@ -29,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import math
-import mmap
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,15 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, positive_int, quiet_client_logs
 from producer.files import ReadyRequest, read_chunks
-from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
-from schemas import headers as h
+from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
 from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
 from worker.records import Record
 from worker.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_RESULTS_TOPIC, Settings, kafka_options
@@ -59,46 +48,11 @@ PROG = "streamscore collect"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_DEAD_LETTER_TOPIC = Settings().dead_letter_topic_name
 POLL_MS = 200
-MISSING_SHOWN = 5
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT = 0, 1, 2
-OUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-MISSING, RESULT, DEAD = 0, 1, 2  # what a request has so far (a state byte per request)
-COLLECT_STAGE = "collect"
 
 
 # ---------------------------------------------------------------------------------------------
-# Ids
-
-
-def parse_row(request_id: str, prefix: str) -> int | None:
-    """The row index in `<prefix>-<row index>`, or None for any other id."""
-    head = prefix + "-"
-    if not request_id.startswith(head):
-        return None
-    tail = request_id[len(head) :]
-    if not (tail.isascii() and tail.isdigit()) or (tail != "0" and tail.startswith("0")):
-        return None  # produce never pads, so "p-007" is not the id of row 7
-    return int(tail)
-
-
-@dataclass(frozen=True)
-class Expected:
-    """The ids produce gave: `<prefix>-<n * rows_per_request>` for n in 0 .. count-1."""
-
-    prefix: str
-    count: int
-    rows_per_request: int = 1
-
-    def number_of(self, request_id: str) -> int | None:
-        """The request number of an expected id, or None."""
-        row = parse_row(request_id, self.prefix)
-        if row is None or row % self.rows_per_request:
-            return None
-        number = row // self.rows_per_request
-        return number if number < self.count else None
-
-    def id_of(self, number: int) -> str:
-        return f"{self.prefix}-{number * self.rows_per_request}"
+# Expected requests
 
 
 def count_requests(path: Path, rows_per_request: int) -> int:
@@ -109,218 +63,6 @@ def count_requests(path: Path, rows_per_request: int) -> int:
             raise ConfigError(f"{path}, line {chunk.line}: holds ready requests; pass --expect N instead")
         rows += len(chunk)
     return math.ceil(rows / rows_per_request)
-
-
-# ---------------------------------------------------------------------------------------------
-# Bookkeeping
-
-
-class Ledger:
-    """Per expected request: has it a result or a dead letter, and where is it spooled."""
-
-    def __init__(self, count: int) -> None:
-        self.state = np.zeros(count, dtype=np.int8)
-        self.offset = np.zeros(count, dtype=np.int64)
-        self.length = np.zeros(count, dtype=np.uint32)
-        self.settled = 0
-        self.superseded = 0  # dead letters replaced by a later result
-
-    def accepts(self, number: int, kind: int) -> bool:
-        """Whether a record of `kind` for request `number` is kept (else it is a duplicate)."""
-        current = self.state[number]
-        return bool(current == MISSING or (current == DEAD and kind == RESULT))
-
-    def store(self, number: int, kind: int, offset: int, length: int) -> None:
-        if self.state[number] == MISSING:
-            self.settled += 1
-        else:
-            self.superseded += 1
-        self.state[number], self.offset[number], self.length[number] = kind, offset, length
-
-    def numbers(self, kind: int) -> np.ndarray[Any, np.dtype[np.intp]]:
-        """The request numbers holding `kind`, in row order."""
-        return np.flatnonzero(self.state == kind)
-
-
-class Spool:
-    """Append-only bytes in a file; an entry is read back by (offset, length)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = path.open("w+b")
-        self.size = 0
-
-    def append(self, data: bytes) -> int:
-        offset = self.size
-        self._file.write(data)
-        self.size += len(data)
-        return offset
-
-    def copy(self, ledger: Ledger, kind: int, target: io.BufferedWriter) -> None:
-        """Write the entries of every request holding `kind` to `target`, in row order."""
-        self._file.flush()
-        if not self.size:
-            return
-        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            for number in ledger.numbers(kind):
-                start = int(ledger.offset[number])
-                target.write(view[start : start + int(ledger.length[number])])
-
-    def close(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-
-@dataclass
-class Summary:
-    """What was collected."""
-
-    expected: int = 0
-    results: int = 0
-    dead_letters: int = 0
-    duplicates: int = 0
-    superseded: int = 0
-    outside: int = 0  # ids with the prefix that were not expected
-    seconds: float = 0.0
-    missing: list[str] = field(default_factory=list)  # the first few ids without anything
-    missing_count: int = 0
-
-    def describe(self, out: Path) -> str:
-        rate = (self.results + self.dead_letters) / self.seconds if self.seconds > 0 else 0.0
-        text = (
-            f"collected {self.results} results and {self.dead_letters} dead letters of {self.expected} ids "
-            f"into {out} in {self.seconds:.2f} s ({rate:,.0f} ids/s); dropped {self.duplicates} duplicates"
-        )
-        extras = [(self.superseded, "dead letters replaced by a later result"), (self.outside, "unexpected ids")]
-        return text + "".join(f", {n} {what}" for n, what in extras if n)
-
-
-class Collector:
-    """Turns result and dead-letter records into spooled lines; writes them out in row order."""
-
-    def __init__(self, expected: Expected, out: Path) -> None:
-        self.expected, self.out = expected, out
-        self.csv = OUT_FORMATS[out.suffix.lower()] == "csv"
-        self.ledger = Ledger(expected.count)
-        self.columns: Columns | None = None
-        self.duplicates = self.outside = 0
-        self._results = Spool(out.with_name(f".{out.name}.results.spool"))
-        self._dead = Spool(out.with_name(f".{out.name}.dead.spool"))
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\n")
-
-    @property
-    def done(self) -> bool:
-        return self.ledger.settled == self.expected.count
-
-    def add_result(self, key: bytes | None, value: bytes | None) -> None:
-        """Keep a result record if its id is expected and not yet answered."""
-        found = self._admit(key, value, RESULT)
-        if found is None:
-            return
-        number, request_id = found
-        try:
-            line = self._format(request_id, number, orjson.loads(value or b""))
-        except (FlattenError, orjson.JSONDecodeError, AttributeError) as error:
-            self._store_dead(number, request_id, COLLECT_STAGE, type(error).__name__, str(error))
-            return
-        self.ledger.store(number, RESULT, self._results.append(line), len(line))
-
-    def add_dead_letter(self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
-        """Keep a dead letter if its id is expected and has neither a result nor a dead letter."""
-        found = self._admit(key, value, DEAD)
-        if found is not None:
-            stage, error, message = (
-                h.first(headers, (name,)) for name in (h.DLT_STAGE, h.DLT_ERROR, h.DLT_EXCEPTION_MESSAGE)
-            )
-            self._store_dead(*found, stage, error, message)
-
-    def missing(self, limit: int = MISSING_SHOWN) -> tuple[int, list[str]]:
-        """How many expected ids have nothing yet, and the first `limit` of them."""
-        numbers = self.ledger.numbers(MISSING)
-        return len(numbers), [self.expected.id_of(int(n)) for n in numbers[:limit]]
-
-    def write(self) -> Path | None:
-        """Write the output (and `<out>.dead.jsonl` if there are dead letters); return the latter."""
-        header = b""
-        if self.csv:
-            columns = self.columns.header() if self.columns else Columns(()).header()
-            header = self._csv_bytes([columns])
-        _write_atomically(self.out, header, self._results, self.ledger, RESULT)
-        dead_path = self.out.with_name(self.out.name + ".dead.jsonl")
-        if not self.ledger.numbers(DEAD).size:
-            dead_path.unlink(missing_ok=True)  # no stale file from an earlier run
-            return None
-        _write_atomically(dead_path, b"", self._dead, self.ledger, DEAD)
-        return dead_path
-
-    def close(self) -> None:
-        self._results.close()
-        self._dead.close()
-
-    def summary(self, seconds: float) -> Summary:
-        count, shown = self.missing()
-        return Summary(
-            expected=self.expected.count,
-            results=int(self.ledger.numbers(RESULT).size),
-            dead_letters=int(self.ledger.numbers(DEAD).size),
-            duplicates=self.duplicates,
-            superseded=self.ledger.superseded,
-            outside=self.outside,
-            seconds=seconds,
-            missing=shown,
-            missing_count=count,
-        )
-
-    def _admit(self, key: bytes | None, value: bytes | None, kind: int) -> tuple[int, str] | None:
-        """(request number, id) of a record to keep; None for other batches and duplicates."""
-        request_id = key.decode("utf-8", errors="replace") if key else _body_id(value)
-        if request_id is None or not request_id.startswith(self.expected.prefix):
-            return None
-        number = self.expected.number_of(request_id)
-        if number is None:
-            self.outside += parse_row(request_id, self.expected.prefix) is not None
-            return None
-        if not self.ledger.accepts(number, kind):
-            self.duplicates += 1
-            return None
-        return number, request_id
-
-    def _format(self, request_id: str, number: int, body: Any) -> bytes:
-        if not self.csv:
-            return orjson.dumps(jsonl_object(request_id, body)) + b"\n"
-        outputs = read_outputs(body)
-        self.columns = self.columns or Columns.of(outputs)
-        first_row = number * self.expected.rows_per_request
-        return self._csv_bytes(self.columns.rows(request_id, first_row, body.get("model_version"), outputs))
-
-    def _csv_bytes(self, rows: list[list[Any]]) -> bytes:
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._writer.writerows(rows)
-        return self._buffer.getvalue().encode()
-
-    def _store_dead(self, number: int, key: str, stage: str | None, error: str | None, message: str | None) -> None:
-        row = number * self.expected.rows_per_request
-        entry = {"key": key, "row": row, "stage": stage, "error": error, "message": message}
-        line = orjson.dumps(entry) + b"\n"
-        self.ledger.store(number, DEAD, self._dead.append(line), len(line))
-
-
-def _body_id(value: bytes | None) -> str | None:
-    """The `id` of a JSON body (a record without a key); None when there is none."""
-    with suppress(orjson.JSONDecodeError, AttributeError):
-        found = orjson.loads(value or b"").get("id")
-        return found if isinstance(found, str) else None
-    return None
-
-
-def _write_atomically(path: Path, header: bytes, spool: Spool, ledger: Ledger, kind: int) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as target:
-        target.write(header)
-        spool.copy(ledger, kind, target)
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------

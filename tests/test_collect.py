@@ -12,17 +12,9 @@ import numpy as np
 import orjson
 import pytest
 
-from producer.collect import (
-    CollectOptions,
-    Collector,
-    Expected,
-    add_parser,
-    collect,
-    count_requests,
-    parse_row,
-    run,
-)
+from producer.collect import CollectOptions, add_parser, collect, count_requests, run
 from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
+from producer.ledger import Collector, Expected, parse_row
 from schemas import headers as h
 from schemas.codec import encode_response
 from schemas.tensors import as_tensor

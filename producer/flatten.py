@@ -1,6 +1,6 @@
 """Flattening (pure): a decoded V2 response body as one JSON Lines object or as CSV rows.
 
-The layouts of both formats are described in `producer.collect`, which spools what these return.
+The layouts of both formats are described in `producer.collect`; `producer.ledger` spools what these return.
 """
 
 from __future__ import annotations

@@ -141,6 +141,19 @@ def make_int_model(path: Path) -> Path:
     return _save(graph, path)
 
 
+def make_expanding_model(path: Path, features: int = 4, repeats: int = 50_000) -> Path:
+    """Write a model whose output is `repeats` times wider than its input (``x`` -> ``y`` FP32
+    [N, features * repeats]): a few rows make a result larger than a Kafka record may be."""
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "expanding",
+        [_tensor("x", TensorProto.FLOAT, [BATCH_DIM, features])],
+        [_tensor("y", TensorProto.FLOAT, [BATCH_DIM, features * repeats])],
+        initializer=_initializers(repeats=np.array([1, repeats], dtype=np.int64)),
+    )
+    return _save(graph, path)
+
+
 def install_model(root: Path, name: str, version: str, builder: ModelBuilder, **kwargs: Any) -> Path:
     """Build a model into the repository layout ``<root>/<name>/<version>/model.onnx``."""
     return builder(Path(root) / name / version / "model.onnx", **kwargs)

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from demo.models import install_model, make_failing_model, make_fixed_batch_model, make_mlp
+from demo.models import install_model, make_expanding_model, make_failing_model, make_fixed_batch_model, make_mlp
 from schemas import headers as h
 from schemas.codec import decode_response, encode_request
 from tests.harness import (
@@ -38,6 +38,7 @@ def model_root(tmp_path: Path) -> Path:
     install_model(root, "mlp", "2", make_mlp, scale=2.0)
     install_model(root, "failing", "1", make_failing_model)
     install_model(root, "single", "1", make_fixed_batch_model)
+    install_model(root, "expanding", "1", make_expanding_model)
     return root
 
 
@@ -288,3 +289,32 @@ async def test_every_id_once_across_many_records_and_partitions(settings: Settin
     assert {f"ok-{i}" for i in range(2000)} == set(counts)
     assert {1} == set(counts.values())
     assert all(r.output("probabilities").data.shape == (1 + int(r.id[3:]) % 3, 3) for r in results)
+
+
+async def test_a_result_too_large_for_kafka_dead_letters_its_request_at_the_produce_stage(
+    settings: Settings, topics: dict[str, str]
+) -> None:
+    """A request whose result is larger than a Kafka record may be is dead-lettered (stage produce,
+    the broker client's refusal as the cause); the requests around it are scored."""
+    small = request("x", [1, 4], "FP32", [1.0, 2.0, 3.0, 4.0], "small")
+    large = request("x", [2, 4], "FP32", [1.0] * 8, "large")  # 2 rows x 200 000 floats: over 1 MB of JSON
+    headers = [(h.MODEL, b"expanding")]
+    records = [
+        Out(b"before", good(1), partition=0),
+        Out(b"large", large, headers, partition=0),
+        Out(b"small", small, headers, partition=0),
+        Out(b"after", good(2), partition=0),
+    ]
+    await produce(settings.bootstrap_servers, topics["input"], records)
+
+    assert 0 == await run_burst(settings)
+
+    results = await read_topic(settings.bootstrap_servers, topics["results"], expect=3)
+    [letter] = await read_topic(settings.bootstrap_servers, topics["dead"], expect=1)
+    assert ["ok-1", "ok-2", "small"] == sorted(decode_response(r.value).id for r in results)
+    assert (b"large", large) == (letter.key, letter.value)
+    assert "produce" == stage_of(letter)
+    assert b"MessageSizeTooLarge" in dict(letter.headers)[h.DLT_EXCEPTION_MESSAGE]
+    assert {0: len(records), 1: None, 2: None} == await committed(
+        settings.bootstrap_servers, settings.group_id, topics["input"], PARTITIONS
+    )

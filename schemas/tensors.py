@@ -77,6 +77,13 @@ def array_from_binary(name: str, blob: bytes, shape: list[int], datatype: str) -
     return np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False).reshape(shape)
 
 
+def tensor_from_json(
+    name: str, datatype: str, shape: list[int], data: Any, parameters: Mapping[str, Any] | None
+) -> Tensor:
+    """A Tensor from the JSON `data` of an input, checked as `array_from_json` checks it."""
+    return Tensor(name, datatype, array_from_json(name, data, shape, datatype), parameters)
+
+
 def array_from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndarray[Any, Any]:
     if not isinstance(data, list):
         data = [data]

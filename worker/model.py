@@ -85,7 +85,7 @@ class LoadedModel:
         self.outputs = outputs
         self.input_by_name = {spec.name: spec for spec in inputs}
         self.output_names = tuple(spec.name for spec in outputs)
-        self.accepted: set[Hashable] = set()  # request layouts already checked against the signature
+        self.accepted: dict[Hashable, Hashable] = {}  # request layouts checked against the signature -> batch key
 
     @property
     def fixed_batch(self) -> int | None:

@@ -9,8 +9,9 @@ import numpy as np
 
 from schemas import headers as h
 from schemas.codec import InferenceRequest, Limits, ResponseEncoder, decode_request
-from schemas.errors import DecodeError, InferenceError, RecordError
+from schemas.errors import DecodeError, InferenceError, RecordError, ValidationError
 from schemas.tensors import Tensor, nonfinite_error
+from worker.deferred import from_json, stack
 from worker.model import LoadedModel
 from worker.records import DeadLetter, Item, Outcome, Record, Result
 from worker.signature import check_request
@@ -26,7 +27,10 @@ def fallback_id(record: Record) -> str:
 
 
 def decode(record: Record, limits: Limits) -> InferenceRequest:
-    """Decode the record value (JSON, or JSON plus binary tensors) into a V2 request."""
+    """Decode the record value (JSON, or JSON plus binary tensors) into a V2 request.
+
+    Numeric JSON data stays a list until its batch is scored (`worker.deferred`).
+    """
     raw_length = h.first(record.headers, (h.BINARY_HEADER_LENGTH,))
     header_length = None
     if raw_length is not None:
@@ -34,7 +38,9 @@ def decode(record: Record, limits: Limits) -> InferenceRequest:
             header_length = int(raw_length)
         except ValueError:
             raise DecodeError(f"header {h.BINARY_HEADER_LENGTH}={raw_length!r} is not an integer") from None
-    return decode_request(record.value, limits=limits, header_length=header_length, check_finite=False)
+    return decode_request(
+        record.value, limits=limits, header_length=header_length, check_finite=False, from_json=from_json
+    )
 
 
 def model_choice(record: Record) -> tuple[str | None, str | None]:
@@ -48,12 +54,13 @@ def make_item(record: Record, request: InferenceRequest, model: LoadedModel) -> 
     The item's batch key is its input layout: items with equal keys concatenate along the
     first axis. A layout the model accepted once is not checked again.
     """
-    layout = (id(model), request.outputs, *((t.name, t.datatype, t.data.shape) for t in request.inputs))
-    if layout not in model.accepted:
+    layout = (id(model), request.outputs, *((t.name, t.datatype, t.shape) for t in request.inputs))
+    key = model.accepted.get(layout)
+    if key is None:
         check_request(request, model)
+        key = (id(model), *((t.name, t.datatype, t.shape[1:]) for t in request.inputs))
         if len(model.accepted) < MAX_REMEMBERED_LAYOUTS:
-            model.accepted.add(layout)
-    key = (id(model), *((t.name, t.datatype, t.data.shape[1:]) for t in request.inputs))
+            model.accepted[layout] = key
     return Item(record, request, request.id or fallback_id(record), model, key, request.rows)
 
 
@@ -67,27 +74,55 @@ def score_batch(items: Sequence[Item], correlation: Sequence[str], *, check_fini
     """Score items that share a model; a failing batch is split until only bad records fail.
 
     `check_finite`: refuse NaN and Infinity, checked once over the batch (a batch that holds
-    some is searched for the records that sent them). Blocking (onnxruntime runs here):
+    some is searched for the records that sent them). Deferred JSON data that does not convert
+    is dead-lettered as decoding would have (stage validate). Blocking (onnxruntime runs here):
     call it from a worker thread.
     """
     if not items:
         return []
-    feeds = _concatenate(items)
+    try:
+        feeds = _concatenate(items)
+    except ValidationError:
+        return _without_unconvertible(items, correlation, check_finite)
     if check_finite and not all(np.isfinite(a).all() for a in feeds.values() if a.dtype.kind == "f"):
         return _without_nonfinite(items, correlation)
     return _score(items, feeds, correlation)
 
 
-def _without_nonfinite(items: Sequence[Item], correlation: Sequence[str]) -> list[Outcome]:
-    bad = {i: name for i, item in enumerate(items) if (name := _nonfinite_input(item)) is not None}
-    clean = [item for i, item in enumerate(items) if i not in bad]
-    scored = iter(_score(clean, _concatenate(clean), correlation) if clean else ())
-    return [
-        DeadLetter(item.record, nonfinite_error(bad[i]), item.request_id, _info(item.model), shadow=item.shadow)
-        if i in bad
-        else next(scored)
+def _without_unconvertible(items: Sequence[Item], correlation: Sequence[str], check_finite: bool) -> list[Outcome]:
+    # the dead letter decoding gave before conversion was deferred: the record's id, no model
+    letters = {
+        i: DeadLetter(item.record, error, fallback_id(item.record), shadow=item.shadow)
         for i, item in enumerate(items)
-    ]
+        if (error := _conversion_error(item)) is not None
+    }
+    clean = [item for i, item in enumerate(items) if i not in letters]
+    return _merge(letters, score_batch(clean, correlation, check_finite=check_finite), len(items))
+
+
+def _conversion_error(item: Item) -> ValidationError | None:
+    try:
+        for tensor in item.request.inputs:
+            tensor.data  # noqa: B018 (a deferred tensor converts on first read)
+    except ValidationError as error:
+        return error
+    return None
+
+
+def _without_nonfinite(items: Sequence[Item], correlation: Sequence[str]) -> list[Outcome]:
+    letters = {
+        i: DeadLetter(item.record, nonfinite_error(name), item.request_id, _info(item.model), shadow=item.shadow)
+        for i, item in enumerate(items)
+        if (name := _nonfinite_input(item)) is not None
+    }
+    clean = [item for i, item in enumerate(items) if i not in letters]
+    return _merge(letters, _score(clean, _concatenate(clean), correlation) if clean else [], len(items))
+
+
+def _merge(letters: dict[int, DeadLetter], scored: list[Outcome], count: int) -> list[Outcome]:
+    """The outcomes of a batch in order: `letters` at their positions, `scored` in the others."""
+    rest = iter(scored)
+    return [letters[i] if i in letters else next(rest) for i in range(count)]
 
 
 def _nonfinite_input(item: Item) -> str | None:
@@ -124,14 +159,17 @@ def _rows_of(tensor: Tensor) -> int:
 
 
 def _concatenate(items: Sequence[Item]) -> dict[str, np.ndarray[Any, Any]]:
+    """The model feeds of a batch (items of one key: the same inputs in the same order).
+
+    Raises ValidationError when some item's deferred data does not convert.
+    """
     if len(items) == 1:
         return {t.name: t.data for t in items[0].request.inputs}
-    names = [t.name for t in items[0].request.inputs]
-    columns: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in names}
-    for item in items:
-        for tensor in item.request.inputs:
-            columns[tensor.name].append(tensor.data)
-    return {name: np.concatenate(parts) for name, parts in columns.items()}
+    feeds = {}
+    for column in zip(*(item.request.inputs for item in items), strict=True):
+        stacked = stack(column)
+        feeds[column[0].name] = np.concatenate([t.data for t in column]) if stacked is None else stacked
+    return feeds
 
 
 def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlation: Sequence[str]) -> list[Outcome]:

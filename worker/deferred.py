@@ -1,0 +1,112 @@
+"""Deferred conversion of JSON tensors: decode a record without numpy, convert a whole batch at once.
+
+Turning each record's JSON numbers into a numpy array costs a few microseconds of Python per
+record. The worker instead keeps a numeric input's JSON list as sent (`DeferredTensor`), checks
+the request against the model on its declared shape and datatype, and builds the batch's array
+in one pass (`stack`). The batch array is used only when it is certainly what converting each
+record alone would give: a flat list per record holding exactly its shape's values, of Python
+types the datatype takes, and nothing whose conversion depends on its neighbours (a record of
+booleans beside floats, integers past float64's exact range). Otherwise each record is
+converted alone (`DeferredTensor.data`, as strict as `schemas.tensors.array_from_json`), which
+raises the precise ValidationError of a bad record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from schemas.tensors import DATATYPES, Tensor, array_from_json, tensor_from_json
+
+#: Python types of the values each numpy kind takes (bool is not an int here, as in `tensors._cast`).
+_VALUE_TYPES: dict[str, frozenset[type]] = {
+    "f": frozenset({float, int}),
+    "i": frozenset({int}),
+    "u": frozenset({int}),
+    "b": frozenset({bool}),
+}
+_EXACT_INTEGERS = 2**53  # integers up to here are exact in float64, so int -> float32 rounds once
+
+
+class DeferredTensor(Tensor):
+    """A numeric input sent as a flat JSON list, converted to an array on first use of `data`.
+
+    `shape` is the declared shape. Reading `data` converts the list as `array_from_json` does
+    and raises its ValidationError when the list does not fit the shape or the datatype.
+    """
+
+    __slots__ = ("declared", "raw", "size")
+
+    def __init__(
+        self, name: str, datatype: str, shape: list[int], raw: list[Any], parameters: Mapping[str, Any] | None
+    ) -> None:
+        # `data` is left unset: the slot's AttributeError sends its first read to __getattr__
+        self.name = name
+        self.datatype = datatype
+        self.parameters = parameters
+        self.raw = raw
+        self.declared = tuple(shape)
+        self.size = math.prod(shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.declared
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute != "data":
+            raise AttributeError(attribute)
+        self.data = array_from_json(self.name, self.raw, list(self.declared), self.datatype)
+        return self.data
+
+
+def from_json(name: str, datatype: str, shape: list[int], data: Any, parameters: Mapping[str, Any] | None) -> Tensor:
+    """The worker's tensor for JSON data: flat numeric lists deferred, anything else converted now."""
+    if datatype == "BYTES" or type(data) is not list or not data or type(data[0]) is list:
+        return tensor_from_json(name, datatype, shape, data, parameters)
+    if not shape or not all(shape):  # scalars and empty tensors: rare, and not stacked by rows
+        return tensor_from_json(name, datatype, shape, data, parameters)
+    return DeferredTensor(name, datatype, shape, data, parameters)
+
+
+def stack(tensors: Sequence[Tensor]) -> np.ndarray[Any, Any] | None:
+    """One input of every record of a batch as one array, or None: convert record by record.
+
+    Not None only when the array equals the concatenation of each record's own conversion.
+    """
+    first = tensors[0]
+    if type(first) is not DeferredTensor:
+        return None
+    tail = first.declared[1:]
+    values: list[Any] = []
+    rows = 0
+    for tensor in tensors:  # one plain loop: this runs for every record of every batch
+        if type(tensor) is not DeferredTensor or len(tensor.raw) != tensor.size or tensor.declared[1:] != tail:
+            return None
+        values += tensor.raw
+        rows += tensor.declared[0]
+    dtype = DATATYPES[first.datatype]
+    types = set(map(type, values))
+    if not types <= _VALUE_TYPES.get(dtype.kind, frozenset()):
+        return None
+    array = np.array(values)
+    if not _exact(array, types, dtype):
+        return None
+    return array.astype(dtype, copy=False).reshape(rows, *tail)
+
+
+def _exact(array: np.ndarray[Any, Any], types: set[type], dtype: np.dtype[Any]) -> bool:
+    """True if `array` (of values of `types`) converts to `dtype` as each record alone would."""
+    if dtype.kind == "b":
+        return True
+    if types == {int}:  # all int64, as each record's own array: no float64 promotion, no uint64
+        if array.dtype.kind != "i":
+            return False
+        if dtype.kind == "f":
+            return True
+        info = np.iinfo(dtype)
+        return bool(info.min <= array.min() and array.max() <= info.max)
+    # floats, maybe beside integers: a record of integers alone would be int64, exact only up to 2**53
+    return array.dtype.kind == "f" and (int not in types or bool(np.abs(array).max() <= _EXACT_INTEGERS))

@@ -210,7 +210,7 @@ def _decode_input(
         raise DecodeError(f"inputs[{position}] has no 'name'")
     if not _is_shape(shape):
         raise DecodeError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise DecodeError(f"input {name!r}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
     parameters = raw.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):

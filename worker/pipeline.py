@@ -9,7 +9,7 @@ import numpy as np
 
 from schemas import headers as h
 from schemas.codec import InferenceRequest, Limits, ResponseEncoder, decode_request
-from schemas.errors import DecodeError, InferenceError, RecordError, ValidationError
+from schemas.errors import DecodeError, InferenceError, RecordError, ResultRejectedError, ValidationError
 from schemas.tensors import Tensor, nonfinite_error
 from worker.deferred import from_json, stack
 from worker.model import LoadedModel
@@ -38,9 +38,14 @@ def decode(record: Record, limits: Limits) -> InferenceRequest:
             header_length = int(raw_length)
         except ValueError:
             raise DecodeError(f"header {h.BINARY_HEADER_LENGTH}={raw_length!r} is not an integer") from None
-    return decode_request(
-        record.value, limits=limits, header_length=header_length, check_finite=False, from_json=from_json
-    )
+    try:
+        return decode_request(
+            record.value, limits=limits, header_length=header_length, check_finite=False, from_json=from_json
+        )
+    except RecordError:
+        raise
+    except Exception as error:  # a bug of ours must not turn one record into a crash loop
+        raise DecodeError(f"the request could not be decoded: {error!r}") from error
 
 
 def model_choice(record: Record) -> tuple[str | None, str | None]:
@@ -180,7 +185,14 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
     start = 0
     for item in items:
         rows = item.rows
-        value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
+        try:
+            value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
+        except Exception as error:  # an output we cannot write must not stop the worker
+            rejected = ResultRejectedError(f"the result could not be encoded: {error!r}")
+            rejected.__cause__ = error
+            results.append(DeadLetter(item.record, rejected, item.request_id, _info(model), shadow=item.shadow))
+            start += rows
+            continue
         start += rows
         headers = model_headers
         if item.record.headers:

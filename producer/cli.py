@@ -60,13 +60,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--id-prefix", help="request ids are <id-prefix>-<first row index> (default: file stem)")
     add("--limit", type=positive_int, help="send at most N rows (a ready request counts as 1)")
     add("--progress", action="store_true", help="show progress on stderr even when not a TTY")
-    add("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    add("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-    add("--sasl-username")
-    add("--ssl-cafile")
-    add("--ssl-certfile")
-    add("--ssl-keyfile")
+    add_connection_flags(parser)
     return parser
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """The TLS/SASL flags of a client command (the password comes from the environment only)."""
+    parser.add_argument("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    parser.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    parser.add_argument("--sasl-username")
+    parser.add_argument("--ssl-cafile")
+    parser.add_argument("--ssl-certfile")
+    parser.add_argument("--ssl-keyfile")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Protocol, TextIO
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, positive_int, quiet_client_logs
+from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, add_connection_flags, positive_int, quiet_client_logs
 from producer.files import ReadyRequest, read_chunks
 from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
 from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
@@ -237,12 +237,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--bootstrap-servers", default=DEFAULT_BOOTSTRAP_SERVERS, help="default: %(default)s")
     add("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="give up after S seconds without a new id")
     add("--progress", action="store_true", help="show progress on stderr even when not a TTY")
-    add("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    add("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-    add("--sasl-username")
-    add("--ssl-cafile")
-    add("--ssl-certfile")
-    add("--ssl-keyfile")
+    add_connection_flags(parser)
     return parser
 
 

@@ -63,13 +63,13 @@ async def read_compacted(options: dict[str, Any], topic: str) -> dict[bytes, byt
     await consumer.start()
     latest: dict[bytes, bytes] = {}
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        partitions = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
         if not partitions:
             return latest
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        while await _behind(consumer, ends):
+        while await behind(consumer, ends):
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     if record.key is None:
@@ -83,14 +83,14 @@ async def read_compacted(options: dict[str, Any], topic: str) -> dict[bytes, byt
     return latest
 
 
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+async def behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
     for tp, end in ends.items():
         if await consumer.position(tp) < end:
             return True
     return False
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     if topic not in await consumer.topics():
         return set()
     await consumer._client.force_metadata_update()  # topics() does not fill the partition cache

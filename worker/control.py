@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from registry.bus import behind, partitions_of
 from registry.control import DesiredState, decode_state
 from schemas.errors import ConfigError
 
@@ -39,7 +40,7 @@ class ControlFollower:
         await self._catch_up()
 
     async def _catch_up(self) -> None:
-        partitions = await self._partitions()
+        partitions = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(self.consumer, self.topic))]
         if not partitions:
             log.warning(
                 "control_topic_missing",
@@ -52,7 +53,7 @@ class ControlFollower:
         self.assigned = True
         ends = await self.consumer.end_offsets(partitions)
         latest: dict[str, DesiredState] = {}
-        while await self._behind(ends):
+        while await behind(self.consumer, ends):
             for records in (await self.consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     state = self._decode(record)
@@ -60,18 +61,6 @@ class ControlFollower:
                         latest[state.model] = state
         for state in latest.values():
             await self._apply(state)
-
-    async def _partitions(self) -> list[TopicPartition]:
-        if self.topic not in await self.consumer.topics():
-            return []
-        await self.consumer._client.force_metadata_update()  # topics() does not fill the partition cache
-        return [TopicPartition(self.topic, p) for p in sorted(self.consumer.partitions_for_topic(self.topic) or ())]
-
-    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
-        for tp, end in ends.items():
-            if await self.consumer.position(tp) < end:
-                return True
-        return False
 
     def _decode(self, record: Any) -> DesiredState | None:
         if record.value is None:

@@ -87,12 +87,7 @@ class LoadedModel:
         self.output_names = tuple(spec.name for spec in outputs)
         self.accepted: dict[Hashable, Hashable] = {}  # request layouts checked against the signature -> batch key
 
-    @property
-    def fixed_batch(self) -> int | None:
-        """The batch size the model fixes (its inputs' first dimension), or None if free."""
-        firsts = [spec.shape[0] if spec.shape else 1 for spec in self.inputs]
-        fixed = [first for first in firsts if first is not None]
-        return min(fixed) if fixed and len(fixed) == len(firsts) else None
+        self.fixed_batch = _fixed_batch(inputs)  # read for every record: computed once
 
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Tensor]:
         """Score one batch; raise InferenceError with onnxruntime's reason."""
@@ -101,6 +96,13 @@ class LoadedModel:
         except Exception as error:  # onnxruntime raises plain RuntimeError subclasses
             raise InferenceError(f"model {self.name} version {self.version} raised: {error}") from error
         return {spec.name: _as_tensor(spec, value) for spec, value in zip(self.outputs, values, strict=True)}
+
+
+def _fixed_batch(inputs: tuple[InputSpec, ...]) -> int | None:
+    """The batch size a model fixes (its inputs' first dimension), or None if free."""
+    firsts = [spec.shape[0] if spec.shape else 1 for spec in inputs]
+    fixed = [first for first in firsts if first is not None]
+    return min(fixed) if fixed and len(fixed) == len(firsts) else None
 
 
 def _as_tensor(spec: OutputSpec, value: Any) -> Tensor:

@@ -199,8 +199,3 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
         results.append(Result(item.record, item.request_id, item.request_id.encode(), value, headers, item.shadow))
     return results
-
-
-def describe(error: Exception) -> str:
-    """The stage of a failure, for logs and dead-letter headers."""
-    return error.stage if isinstance(error, RecordError) else "infer"

@@ -215,8 +215,8 @@ class Worker:
 
     # ------------------------------------------------------------------ fetch side
 
-    def _take(self, record: Any) -> Item | DeadLetter | None:
-        """Track a fetched record and decode it; None when its model must be loaded first."""
+    def _take(self, record: Any) -> Item | DeadLetter | InferenceRequest:
+        """Track a fetched record and decode it; the bare request when its model must be loaded first."""
         self.tracker.take(record.partition, record.offset)
         self.in_flight += 1
         try:
@@ -227,12 +227,11 @@ class Worker:
             return dead_letter(record, error)
         model = self.store.cached(name, version)
         if model is None:
-            return None
+            return request
         return self._item(record, request, model)
 
-    async def _take_with_load(self, record: Any) -> Item | DeadLetter:
+    async def _take_with_load(self, record: Any, request: InferenceRequest) -> Item | DeadLetter:
         """The rare path of `_take`: the record names a model or version not loaded yet."""
-        request = decode(record, self.limits)
         name, pinned = model_choice(record)
         try:
             if pinned:
@@ -254,8 +253,8 @@ class Worker:
     async def _dispatch(self, record: Any) -> None:
         """Take one record: a dead letter is sent at once, an item waits for its batch."""
         outcome = self._take(record)
-        if outcome is None:
-            outcome = await self._take_with_load(record)
+        if isinstance(outcome, InferenceRequest):
+            outcome = await self._take_with_load(record, outcome)
         if isinstance(outcome, DeadLetter):
             assert self.sender is not None
             await self.sender.send(outcome)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,19 +21,12 @@ BROKER_START_TIMEOUT_S = 120.0
 PRODUCE_CHUNK = 5_000
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_broker() -> Iterator[str]:
     """A fresh single-node broker for this run; yields its bootstrap address, stops it after."""
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as home:
         config = local.BrokerConfig(
-            home=Path(home), port=free_port(), controller_port=free_port(), libs=REPO / ".kafka" / "libs"
+            home=Path(home), port=local.free_port(), controller_port=local.free_port(), libs=REPO / ".kafka" / "libs"
         )
         try:
             yield local.start(config, timeout_s=BROKER_START_TIMEOUT_S)

@@ -21,7 +21,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.config import MODEL_NAME, MODEL_VERSION
 from bench.timing import Span
 from worker.clients import PRODUCER_LINGER_MS, PRODUCER_MAX_BATCH_BYTES
-from worker.runner import FETCH_MAX_RECORDS, FETCH_TIMEOUT_MS
+from worker.flow import FETCH_MAX_RECORDS
+from worker.runner import FETCH_TIMEOUT_MS
 
 OnResult = Callable[[bytes, float], None]  # (request id, perf_counter() of the acknowledgement)
 

@@ -14,7 +14,7 @@ from bench.ort import measure_ort
 from bench.report import ScenarioResult
 from bench.streamscore import TimedWorker, run_burst, wait_assigned, worker_settings
 from bench.timing import Span
-from broker.topics import create_topics
+from transport.admin import create_topics
 
 Progress = Callable[[str], None]
 

@@ -11,12 +11,13 @@ import cProfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bench.config import MODEL_NAME
 from bench.timing import Span
+from schemas.records import Record
 from worker.batcher import Batch
-from worker.records import Item, Outcome
+from worker.observe import Observer
+from worker.outcomes import Item, Outcome
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -24,30 +25,40 @@ RUN_TIMEOUT_S = 600.0
 ASSIGNMENT_TIMEOUT_S = 30.0
 
 
-class TimedWorker(Worker):
-    """A Worker that records its span, its batch sizes, and when each request's result was acked."""
+class Timing(Observer):
+    """Records the worker's span, its batch sizes, and when each request's result was acked."""
 
-    def __init__(self, settings: Settings, rows: int, on_result: Callable[[bytes, float], None] | None = None):
-        super().__init__(settings)
+    def __init__(self, rows: int, on_result: Callable[[bytes, float], None] | None = None) -> None:
+        super().__init__()
         self.span = Span()
         self.batch_rows: list[int] = []
         self._rows = rows
         self._on_result = on_result
 
-    async def _dispatch(self, record: Any) -> None:
+    def consumed(self, record: Record) -> None:
         self.span.consumed()
-        await super()._dispatch(record)
 
-    async def _next_batch(self) -> Batch[Item]:
-        batch = await super()._next_batch()
+    def scored(self, batch: Batch[Item]) -> None:
+        super().scored(batch)
         self.batch_rows.append(batch.rows)
-        return batch
 
-    def _finish(self, outcome: Outcome) -> None:
-        super()._finish(outcome)
+    def finished(self, outcome: Outcome) -> None:
+        super().finished(outcome)
+        if outcome.shadow:
+            return
         self.span.acknowledged(self._rows)
         if self._on_result is not None:
             self._on_result(outcome.request_id.encode(), time.perf_counter())
+
+
+class TimedWorker(Worker):
+    """The real Worker, observed by `Timing`."""
+
+    def __init__(self, settings: Settings, rows: int, on_result: Callable[[bytes, float], None] | None = None):
+        self.timing = Timing(rows, on_result)
+        super().__init__(settings, observer=self.timing)
+        self.span = self.timing.span
+        self.batch_rows = self.timing.batch_rows
 
 
 def worker_settings(bootstrap: str, topic: str, out_topic: str, group: str, model_root: Path) -> Settings:

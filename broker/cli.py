@@ -1,6 +1,6 @@
 """`streamscore broker ...`: start, stop and inspect the local Kafka broker, and create topics.
 
-`worker/cli.py` owns the top-level parser; it calls `add_parser(subparsers)` and, for the
+`streamscore/cli.py` owns the top-level parser; it calls `add_parser(subparsers)` and, for the
 `broker` command, `run(args)`. Results go to stdout (the bootstrap address, the status line),
 progress and errors to stderr. Exit codes: 0 ok, 1 an expected failure (message printed),
 3 `status` of a stopped broker (as LSB init scripts do), 130 interrupted.
@@ -13,9 +13,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-from broker import local, topics
+from broker import local
 from broker.config import DEFAULT_CONTROLLER_PORT, DEFAULT_HOME, DEFAULT_PORT
 from schemas.errors import StreamscoreError
+from transport.admin import create_topics
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -110,7 +111,7 @@ def _create_topics(args: argparse.Namespace, config: local.BrokerConfig) -> int:
         _say(f"error: --partitions must be at least 1, got {args.partitions}")
         return EXIT_FAILED
     bootstrap = args.bootstrap_servers or config.address
-    coroutine = topics.create_topics(bootstrap, args.names, args.partitions, timeout_s=args.timeout)
+    coroutine = create_topics(bootstrap, args.names, args.partitions, timeout_s=args.timeout)
     asyncio.run(coroutine)
     _say(f"topics ready on {bootstrap}: {', '.join(args.names)} ({args.partitions} partitions)")
     return EXIT_OK

@@ -187,6 +187,13 @@ def is_alive(pid: int) -> bool:
     return state != "Z" and b"kafka.Kafka" in cmdline
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now on 127.0.0.1 (so that test and bench brokers never collide)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something already listens on `host`:`port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -19,15 +19,15 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from artifacts.registry import Registry
 from broker import local
-from broker.topics import create_topics
 from demo.models import make_sklearn_classifier, sklearn_sample_rows
 from producer.client import FeatureProducer
 from registry.push import push_model
-from registry.registry import Registry
 from schemas import headers as h
 from schemas.codec import decode_response
 from schemas.errors import StreamscoreError
+from transport.admin import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -108,7 +108,7 @@ def start_worker(bootstrap: str, models: Path) -> subprocess.Popen[bytes]:
     )
     with (WORK / "worker.log").open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
+            [sys.executable, "-m", "streamscore", "worker"],
             env=env,
             cwd=REPO,
             stdout=log,
@@ -128,7 +128,7 @@ async def publish_and_collect(
         for partition in consumer.assignment():
             await consumer.position(partition)  # start after what earlier runs left on the topics
         say(f"publishing {ROWS} rows from {csv.relative_to(REPO)} and {len(BAD_RECORDS)} bad records")
-        command = [sys.executable, "-m", "worker.cli", "produce", "--file", str(csv), "--topic", INPUT]
+        command = [sys.executable, "-m", "streamscore", "produce", "--file", str(csv), "--topic", INPUT]
         await asyncio.to_thread(
             subprocess.run, [*command, "--bootstrap-servers", bootstrap, "--id-prefix", "row"], check=True
         )

@@ -1,6 +1,6 @@
 """`streamscore produce`: publish the rows of a CSV, JSON Lines or .npy file as V2 requests.
 
-The main CLI (`worker/cli.py`) calls `add_parser(subparsers)` and then `run(args)`. This module
+The main CLI (`streamscore/cli.py`) calls `add_parser(subparsers)` and then `run(args)`. This module
 reads flags only; a caller that wants environment-derived defaults sets them on the returned
 parser (`parser.set_defaults(bootstrap_servers=..., sasl_password=...)`). Request ids are
 `<id-prefix>-<index of the request's first row>`, so a rerun sends the same ids.
@@ -27,17 +27,16 @@ from producer.client import FeatureProducer, make_ids
 from producer.files import DEFAULT_CHUNK_ROWS, FORMATS, Chunk, ReadyRequest, read_chunks
 from schemas.errors import ConfigError, TransientError
 from schemas.tensors import DATATYPES
-from worker.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_INPUT_TOPIC
+from schemas.topics import DEFAULT_INPUT_TOPIC
+from transport.connection import CONNECTION_FIELDS as _FIELDS
+from transport.connection import DEFAULT_BOOTSTRAP_SERVERS
 
 PROG = "streamscore produce"
 DEFAULT_DATATYPE = "FP32"
 PROGRESS_INTERVAL_S = 0.2  # at most 5 updates a second
 EXIT_OK, EXIT_BROKER, EXIT_INPUT = 0, 1, 2
 #: Connection settings read from `args` when present (flags, or defaults set by the caller).
-CONNECTION_FIELDS = (
-    "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
-    "ssl_cafile", "ssl_certfile", "ssl_keyfile",
-)  # fmt: skip
+CONNECTION_FIELDS = tuple(name for name in _FIELDS if name != "bootstrap_servers")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from schemas import headers as h
 from schemas.codec import encode_request
 from schemas.errors import BrokerUnavailableError, ConfigError, ProduceError
 from schemas.tensors import DATATYPES, Tensor, as_tensor
-from worker.settings import kafka_options as make_kafka_options
+from transport.connection import Connection
 
 DEFAULT_INPUT_NAME = "x"
 DEFAULT_LINGER_MS = 5
@@ -68,7 +68,7 @@ class FeatureProducer:
     """Publishes feature rows, arrays and ready V2 requests to one Kafka topic.
 
     `datatype` is the V2 datatype rows are sent as (None: follow the numpy dtype). Connection
-    options (`security_protocol`, `sasl_*`, `ssl_*`) are those of `worker.settings.kafka_options`.
+    options (`security_protocol`, `sasl_*`, `ssl_*`) are the fields of `transport.Connection`.
     Pass `producer=` a started client (or a fake) to reuse it; it is then neither started
     nor stopped here.
     """
@@ -100,7 +100,7 @@ class FeatureProducer:
         self._model_headers = _model_headers(model, model_version)
         self._bootstrap_servers = bootstrap_servers
         self._client_options = {
-            **make_kafka_options(bootstrap_servers=bootstrap_servers, **kafka_options),
+            **Connection(bootstrap_servers=bootstrap_servers, **kafka_options).kafka_options(),
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": linger_ms,

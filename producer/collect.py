@@ -41,12 +41,13 @@ from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, add_connection_
 from producer.files import ReadyRequest, read_chunks
 from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
 from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
-from worker.records import Record
-from worker.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_RESULTS_TOPIC, Settings, kafka_options
+from schemas.records import Record
+from schemas.topics import DEFAULT_INPUT_TOPIC, DEFAULT_RESULTS_TOPIC, dead_letter_topic_of
+from transport.connection import DEFAULT_BOOTSTRAP_SERVERS, Connection
 
 PROG = "streamscore collect"
 DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_DEAD_LETTER_TOPIC = Settings().dead_letter_topic_name
+DEFAULT_DEAD_LETTER_TOPIC = dead_letter_topic_of(DEFAULT_INPUT_TOPIC)
 POLL_MS = 200
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT = 0, 1, 2
 
@@ -180,7 +181,7 @@ async def _start_consumer(options: CollectOptions) -> AIOKafkaConsumer:
         isolation_level="read_committed",
         metadata_max_age_ms=5000,  # notice a dead-letter topic created while we wait
         client_id="streamscore-collect",
-        **kafka_options(bootstrap_servers=options.bootstrap_servers, **options.connection),
+        **Connection(bootstrap_servers=options.bootstrap_servers, **options.connection).kafka_options(),
     )
     try:
         await consumer.start()

@@ -2,105 +2,51 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Any
+from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka import AIOKafkaProducer
 
-from registry.control import (
-    STATUS_SUFFIX,
-    DesiredState,
-    WorkerStatus,
-    decode_state,
-    decode_status,
-    encode_state,
-)
-from schemas.errors import BrokerUnavailableError, ConfigError
+from schemas.control import DesiredState, WorkerStatus, decode_state, decode_status, encode_state
+from schemas.records import Record
+from schemas.topics import status_topic_of
+from transport.admin import create_topics
+from transport.connection import Connection
+from transport.reading import TopicReader, read_to_end
 
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 
 
-async def ensure_topics(options: dict[str, Any], control_topic: str) -> None:
+async def ensure_topics(connection: Connection, control_topic: str) -> None:
     """Create the control and status topics (compacted, one partition) unless they exist."""
-    admin = AIOKafkaAdminClient(**options)
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        wanted = [t for t in (control_topic, control_topic + STATUS_SUFFIX) if t not in existing]
-        if wanted:
-            replicas = min(3, len((await admin.describe_cluster())["brokers"]))
-            topics = [NewTopic(t, 1, replicas, topic_configs=COMPACTED) for t in wanted]
-            with contextlib.suppress(TopicAlreadyExistsError):  # another command created them meanwhile
-                await admin.create_topics(topics)
-            await _wait_for_leaders(options, wanted)
-    except KafkaError as error:
-        if error.retriable or isinstance(error, KafkaConnectionError):
-            raise BrokerUnavailableError(f"cannot reach Kafka at {options['bootstrap_servers']}: {error}") from error
-        raise ConfigError(f"Kafka refused to create the topic {control_topic}: {error}") from error
-    finally:
-        await admin.close()
+    await create_topics(connection, [control_topic, status_topic_of(control_topic)], configs=COMPACTED)
 
 
-async def _wait_for_leaders(options: dict[str, Any], topics: list[str], timeout_s: float = 30.0) -> None:
-    consumer = AIOKafkaConsumer(**options, group_id=None)
-    await consumer.start()
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while any(not consumer.partitions_for_topic(t) for t in topics) and loop.time() < deadline:
-            await consumer._client.force_metadata_update()  # no public way to refresh other topics
-            await asyncio.sleep(0.1)
-    finally:
-        await consumer.stop()
-
-
-async def read_compacted(options: dict[str, Any], topic: str) -> dict[bytes, bytes]:
+async def read_compacted(connection: Connection, topic: str) -> dict[bytes, bytes]:
     """The latest value of every key of a topic (what compaction keeps), read to its end."""
-    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
-    await consumer.start()
     latest: dict[bytes, bytes] = {}
+
+    def keep(records: Sequence[Record]) -> None:
+        for record in records:
+            if record.key is None:
+                continue
+            if record.value is None:
+                latest.pop(record.key, None)
+            else:
+                latest[record.key] = record.value
+
+    reader = TopicReader(connection.kafka_options())
+    await reader.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic))]
-        if not partitions:
-            return latest
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        while await behind(consumer, ends):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if record.key is None:
-                        continue
-                    if record.value is None:
-                        latest.pop(record.key, None)
-                    else:
-                        latest[record.key] = record.value
+        await read_to_end(reader, topic, keep)
     finally:
-        await consumer.stop()
+        await reader.stop()
     return latest
 
 
-async def behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return True
-    return False
-
-
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    if topic not in await consumer.topics():
-        return set()
-    await consumer._client.force_metadata_update()  # topics() does not fill the partition cache
-    return consumer.partitions_for_topic(topic) or set()
-
-
-async def publish_state(options: dict[str, Any], control_topic: str, state: DesiredState) -> None:
+async def publish_state(connection: Connection, control_topic: str, state: DesiredState) -> None:
     """Publish a model's desired state and wait for the broker to acknowledge it."""
-    await ensure_topics(options, control_topic)
-    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
+    await ensure_topics(connection, control_topic)
+    producer = AIOKafkaProducer(**connection.kafka_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(control_topic, encode_state(state), key=state.model.encode())
@@ -108,13 +54,13 @@ async def publish_state(options: dict[str, Any], control_topic: str, state: Desi
         await producer.stop()
 
 
-async def read_states(options: dict[str, Any], control_topic: str) -> dict[str, DesiredState]:
+async def read_states(connection: Connection, control_topic: str) -> dict[str, DesiredState]:
     """The desired state of every model on the control topic."""
-    raw = await read_compacted(options, control_topic)
+    raw = await read_compacted(connection, control_topic)
     return {key.decode(): decode_state(value) for key, value in raw.items()}
 
 
-async def read_statuses(options: dict[str, Any], control_topic: str) -> list[WorkerStatus]:
+async def read_statuses(connection: Connection, control_topic: str) -> list[WorkerStatus]:
     """What every worker process last reported."""
-    raw = await read_compacted(options, control_topic + STATUS_SUFFIX)
+    raw = await read_compacted(connection, status_topic_of(control_topic))
     return [decode_status(value) for value in raw.values()]

@@ -18,12 +18,12 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+from artifacts.manifest import check_name
+from artifacts.registry import Registry
 from registry import bus, compare, optimize, push
-from registry.control import DesiredState, WorkerStatus
-from registry.manifest import check_name
-from registry.registry import Registry
+from registry.settings import RegistrySettings
+from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
-from worker.settings import Settings
 
 SUBCOMMANDS = (push, optimize, compare)
 
@@ -61,7 +61,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
     """Run one `model` subcommand."""
     for module in SUBCOMMANDS:
         if args.model_command in module.COMMANDS:
@@ -74,11 +74,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(change_state(registry, settings, args))
 
 
-async def change_state(registry: Registry, settings: Settings, args: argparse.Namespace) -> int:
+async def change_state(registry: Registry, settings: RegistrySettings, args: argparse.Namespace) -> int:
     """promote, rollback, canary, shadow: publish the model's new desired state."""
     name = check_name("model name", args.name)
-    options = settings.kafka_options()
-    state = (await bus.read_states(options, settings.control_topic)).get(name) or DesiredState(
+    state = (await bus.read_states(settings, settings.control_topic)).get(name) or DesiredState(
         name, current=_highest(registry, name)
     )
     command = args.model_command
@@ -92,7 +91,7 @@ async def change_state(registry: Registry, settings: Settings, args: argparse.Na
         new = state.end_canary() if args.end else state.with_canary(args.version, _weight(args.weight))
     else:
         new = state.end_shadow() if args.end else state.with_shadow(args.version)
-    await bus.publish_state(options, settings.control_topic, new)
+    await bus.publish_state(settings, settings.control_topic, new)
     print(f"{name}: {new.change}; current={new.current} canary={_canary(new)} shadow={new.shadow or '-'}")
     return 0
 
@@ -120,7 +119,7 @@ def _canary(state: DesiredState) -> str:
     return f"{state.canary.version}@{state.canary.weight:g}" if state.canary else "-"
 
 
-def list_models(registry: Registry, settings: Settings) -> int:
+def list_models(registry: Registry, settings: RegistrySettings) -> int:
     """Print every model: versions, and the desired state if the control topic has one."""
     states = _states_or_none(settings)
     models = registry.models()
@@ -143,7 +142,7 @@ def list_models(registry: Registry, settings: Settings) -> int:
     return 0
 
 
-def show_model(registry: Registry, settings: Settings, name: str) -> int:
+def show_model(registry: Registry, settings: RegistrySettings, name: str) -> int:
     """Print one model: each version's manifest summary, the desired state, and worker reports."""
     versions = registry.versions(check_name("model name", name))
     if not versions:
@@ -213,16 +212,16 @@ def _measured(values: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _states_or_none(settings: Settings) -> dict[str, DesiredState] | None:
+def _states_or_none(settings: RegistrySettings) -> dict[str, DesiredState] | None:
     try:
-        return asyncio.run(asyncio.wait_for(bus.read_states(settings.kafka_options(), settings.control_topic), 15))
+        return asyncio.run(asyncio.wait_for(bus.read_states(settings, settings.control_topic), 15))
     except Exception:  # no broker, no topic: show what the registry knows
         return None
 
 
-def _statuses(settings: Settings, name: str | None) -> list[WorkerStatus]:
+def _statuses(settings: RegistrySettings, name: str | None) -> list[WorkerStatus]:
     try:
-        found = asyncio.run(asyncio.wait_for(bus.read_statuses(settings.kafka_options(), settings.control_topic), 15))
+        found = asyncio.run(asyncio.wait_for(bus.read_statuses(settings, settings.control_topic), 15))
     except Exception:
         return []
     return sorted((s for s in found if name is None or s.model == name), key=lambda s: s.worker)

@@ -24,16 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from artifacts.manifest import check_name, version_key
 from registry.compare_render import render_json, render_table
-from registry.manifest import check_name, version_key
+from registry.settings import RegistrySettings
 from schemas import headers as h
 from schemas.codec import InferenceResponse, decode_response
 from schemas.errors import ConfigError, DecodeError
+from schemas.records import Message
 from schemas.tensors import Tensor
-from worker.records import Message
-from worker.settings import Settings
+from transport.connection import Connection
+from transport.reading import TopicReader, read_to_end
 
 COMMANDS = ("compare",)
 
@@ -277,44 +278,16 @@ class _Tally:
 # Acting: Kafka and the command line
 
 
-async def read_side(options: dict[str, Any], topic: str, model: str, idle_s: float) -> tuple[Side, bool]:
+async def read_side(connection: Connection, topic: str, model: str, idle_s: float) -> tuple[Side, bool]:
     """The model's responses on `topic`, read up to its end offsets as of now, and whether it got there."""
-    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
+    records: list[Message] = []
+    reader = TopicReader(connection.kafka_options(), isolation_level="read_committed")
+    await reader.start()
     try:
-        records, complete = await _read_to_end(consumer, topic, idle_s)
+        ending = await read_to_end(reader, topic, records.extend, idle_s=idle_s)
     finally:
-        await consumer.stop()
-    return collect(records, model), complete
-
-
-async def _read_to_end(consumer: AIOKafkaConsumer, topic: str, idle_s: float) -> tuple[list[Any], bool]:
-    if topic not in await consumer.topics():
-        return [], True
-    await consumer._client.force_metadata_update()  # topics() does not fill the partition cache
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-    loop = asyncio.get_running_loop()
-    records: list[Any] = []
-    last = loop.time()
-    while await _behind(consumer, ends):
-        if loop.time() - last >= idle_s:
-            return records, False
-        batch = await consumer.getmany(timeout_ms=200)
-        for tp, part in batch.items():
-            records.extend(r for r in part if r.offset < ends[tp])
-        if batch:
-            last = loop.time()
-    return records, True
-
-
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return True
-    return False
+        await reader.stop()
+    return collect(records, model), ending != "idle"
 
 
 def add_parser(commands: Any) -> None:
@@ -331,13 +304,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
     """Read both topics, compare, print; 2 when there is nothing to compare."""
     name = check_name("model name", args.name)
     _check_numbers(args)
     results_topic = args.results_topic or settings.results_topic
     shadow_topic = args.shadow_topic or settings.replace(results_topic=results_topic).shadow_topic_name
-    current, shadow = asyncio.run(_read_both(settings.kafka_options(), results_topic, shadow_topic, name, args.timeout))
+    current, shadow = asyncio.run(_read_both(settings, results_topic, shadow_topic, name, args.timeout))
     report = compare(pair_up(current, shadow, args.limit), atol=args.atol)
     if report.pairs == 0:
         print(
@@ -362,10 +335,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 async def _read_both(
-    options: dict[str, Any], results_topic: str, shadow_topic: str, model: str, idle_s: float
+    connection: Connection, results_topic: str, shadow_topic: str, model: str, idle_s: float
 ) -> tuple[Side, Side]:
     (current, current_done), (shadow, shadow_done) = await asyncio.gather(
-        read_side(options, results_topic, model, idle_s), read_side(options, shadow_topic, model, idle_s)
+        read_side(connection, results_topic, model, idle_s), read_side(connection, shadow_topic, model, idle_s)
     )
     for topic, done in ((results_topic, current_done), (shadow_topic, shadow_done)):
         if not done:

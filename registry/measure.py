@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.runtime import LoadedModel
 from producer.files import read_chunks
 from schemas.errors import ConfigError
 from schemas.tensors import DATATYPES, Tensor
-from worker.model import LoadedModel
 
 SAMPLE_BATCHES = 16  # a generated sample is 16 batches: agreement resolves 1/1024 at batch 64, not 1/64
 SAMPLE_SEED = 0

@@ -32,12 +32,12 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
-from registry.manifest import GZIP_FILE, MODEL_FILE, Manifest, check_name
+from artifacts.manifest import GZIP_FILE, MODEL_FILE, Manifest, check_name
+from artifacts.registry import Registry
+from artifacts.runtime import load_model
 from registry.measure import SAMPLE_SEED, Clock, Feeds, file_feeds, measure, sample_feeds
-from registry.registry import Registry
+from registry.settings import RegistrySettings
 from schemas.errors import ConfigError, ModelLoadError
-from worker.model import load_model
-from worker.settings import Settings
 
 COMMANDS = ("optimize",)
 
@@ -323,7 +323,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--version", dest="new_version", help="the new version (default: the next number)")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
     """Optimize, print the measurements and the outcome; 1 if the candidate was refused."""
     options = make_options(
         args.graph, args.quantize, args.calibration, args.sample, args.batch, args.tolerance, args.min_label_agreement

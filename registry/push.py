@@ -31,13 +31,13 @@ import onnx
 import onnxruntime as ort
 import orjson
 
-from registry.manifest import GZIP_FILE, MANIFEST_FILE, MODEL_FILE, Dim, Manifest, TensorSpec, check_name
-from registry.registry import Registry
+from artifacts.manifest import GZIP_FILE, MANIFEST_FILE, MODEL_FILE, Dim, Manifest, TensorSpec, check_name
+from artifacts.registry import Registry
+from artifacts.runtime import ORT_DATATYPES
+from artifacts.storage import StorageError, check_key
+from registry.settings import RegistrySettings
 from registry.sniff import EXPORT_ADVICE, refuse_foreign
-from registry.storage import StorageError, check_key
 from schemas.errors import ConfigError, ModelLoadError
-from worker.model import ORT_DATATYPES
-from worker.settings import Settings
 
 COMMANDS = ("push",)
 MIN_GZIP_SAVING = 0.05  # compress only when it saves at least 5 %: decompressing costs at every load
@@ -326,7 +326,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--no-compress", action="store_true", help="store the model as it is, never gzipped")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
     """`streamscore model push`: push the file, print the manifest's summary."""
     registry = Registry.at(settings.model_root)
     metadata = {**read_metadata_file(args.metadata), **parse_meta(args.meta)}

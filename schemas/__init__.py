@@ -1,1 +1,1 @@
-"""The wire contract shared by the worker and the producer: V2 codec, JSON Schemas, header names."""
+"""The wire contract every part shares: the V2 codec and tensors, errors, headers, records, topics, control states."""

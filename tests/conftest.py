@@ -7,23 +7,16 @@ It starts on first use by a `kafka`-marked test and stops when the session ends.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from broker import local, topics
+from broker import local
+from transport.admin import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (so parallel test sessions never collide)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 MakeTopics = Callable[..., Awaitable[list[str]]]
@@ -34,8 +27,8 @@ def kafka_config(tmp_path_factory: pytest.TempPathFactory) -> local.BrokerConfig
     """Where the session's broker keeps its data (fresh) and jars (shared cache)."""
     return local.BrokerConfig(
         home=tmp_path_factory.mktemp("kafka"),
-        port=free_port(),
-        controller_port=free_port(),
+        port=local.free_port(),
+        controller_port=local.free_port(),
         libs=REPO / ".kafka" / "libs",
     )
 
@@ -56,7 +49,7 @@ def make_topics(kafka_bootstrap: str) -> MakeTopics:
     async def make(*suffixes: str, partitions: int = 3) -> list[str]:
         prefix = f"t-{uuid.uuid4().hex[:8]}"
         names = [f"{prefix}-{suffix}" for suffix in suffixes]
-        await topics.create_topics(kafka_bootstrap, names, partitions)
+        await create_topics(kafka_bootstrap, names, partitions)
         return names
 
     return make

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from worker.records import InputRecord
+from schemas.records import InputRecord
 
 
 def make_record(

@@ -145,7 +145,7 @@ def start_worker(settings: dict[str, Any], log_path: Path) -> subprocess.Popen[b
     """Start `streamscore worker` as a subprocess, its logs in `log_path`."""
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
+            [sys.executable, "-m", "streamscore", "worker"],
             cwd=REPO,
             env=worker_env(settings),
             stdout=log,

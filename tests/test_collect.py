@@ -17,9 +17,9 @@ from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from producer.ledger import Collector, Expected, parse_row
 from schemas import headers as h
 from schemas.codec import encode_response
+from schemas.records import InputRecord
 from schemas.tensors import as_tensor
 from tests.factories import make_record
-from worker.records import InputRecord
 
 
 def response(request_id: str, **outputs: Any) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,12 @@ def test_producer_sends_to_the_worker_input(services: dict[str, Any]) -> None:
     assert command[0] == "produce"
     assert settings.input_topic == flag(command, "--topic")
     assert flag(command, "--bootstrap-servers") in advertised_addresses(services)
+
+
+def test_the_image_holds_every_package_the_distribution_lists() -> None:
+    """Each package pyproject.toml installs is copied into the Docker image (a missing one breaks `streamscore`)."""
+    packages = tomllib.loads((COMPOSE_FILE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    dockerfile = (COMPOSE_FILE.parent / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, flags=re.MULTILINE))
+
+    assert set(packages) == copied

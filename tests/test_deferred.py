@@ -13,15 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from artifacts.runtime import LoadedModel
 from demo import models as demo
 from schemas.codec import Limits, decode_request
 from schemas.errors import ValidationError
+from schemas.records import InputRecord
 from schemas.tensors import Tensor, array_from_json, nonfinite_error
 from tests.factories import make_record, v2_input
 from worker.deferred import DeferredTensor, from_json, stack
-from worker.model import LoadedModel
+from worker.outcomes import DeadLetter, Item, Outcome, Result
 from worker.pipeline import decode, fallback_id, make_item, score_batch
-from worker.records import DeadLetter, InputRecord, Item, Outcome, Result
 from worker.store import ModelStore
 
 CORRELATION = ("traceparent",)
@@ -48,7 +49,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
 
 
 def _model(store: ModelStore, name: str) -> LoadedModel:
-    return store.load(*store.resolve(name, None))
+    return store.load(name, store.default_version(name))
 
 
 def _value(name: str, datatype: str, shape: list[int], data: Any, rid: str) -> bytes:

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from artifacts.registry import Registry
 from demo.models import make_mlp
 from registry import bus
-from registry.control import canary_share
 from registry.push import push_model
-from registry.registry import Registry
 from schemas.codec import encode_request
+from schemas.control import canary_share
+from streamscore.cli import main as cli
 from tests.harness import Out, produce, read_topic, responses, start_worker, stop_worker
-from worker.cli import main as cli
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -153,7 +153,7 @@ async def test_rollback_serves_the_previous_version_again(env: dict[str, Any]) -
 
     results = responses(await read_topic(settings.bootstrap_servers, settings.results_topic, expect=50))
     assert {"1"} == {r.model_version for r in results}
-    states = await bus.read_states(settings.kafka_options(), settings.control_topic)
+    states = await bus.read_states(settings, settings.control_topic)
     assert ("1", ("2",)) == (states["mlp"].current, states["mlp"].previous)
 
 
@@ -242,9 +242,7 @@ async def test_corrupted_or_pickled_versions_are_refused_at_load_and_the_old_one
         assert 0 == await asyncio.wait_for(task, 60)
 
     assert {"1"} == {r.model_version for r in results}
-    [status] = [
-        s for s in await bus.read_statuses(settings.kafka_options(), settings.control_topic) if s.model == "mlp"
-    ]
+    [status] = [s for s in await bus.read_statuses(settings, settings.control_topic) if s.model == "mlp"]
     assert "1" == status.current
     assert "sha256" in status.failed["2"]
     capsys.readouterr()
@@ -277,7 +275,7 @@ async def wait_for_status(settings: Settings, condition: Any, timeout_s: float =
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
-        statuses = await bus.read_statuses(settings.kafka_options(), settings.control_topic)
+        statuses = await bus.read_statuses(settings, settings.control_topic)
         if any(s.model == "mlp" and condition(s) for s in statuses):
             return
         await asyncio.sleep(0.5)

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from artifacts.runtime import InputSpec, LoadedModel, OutputSpec
+from artifacts.signature import check_request
 from demo import models as demo
 from schemas import headers as h
 from schemas.codec import Limits, decode_request, decode_response, encode_request
 from schemas.errors import InferenceError, ModelNotFoundError, ValidationError
 from tests.factories import make_record
-from worker.model import InputSpec, LoadedModel, OutputSpec
+from worker.outcomes import DeadLetter, Item, Result
 from worker.pipeline import decode, make_item, score_batch
-from worker.records import DeadLetter, Item, Result
-from worker.signature import check_request
 from worker.store import ModelStore
 
 FEATURES = 8  # demo.make_mlp's default
@@ -47,8 +47,14 @@ def store(root: Path) -> ModelStore:
     return ModelStore(root, default_name="mlp")
 
 
+def resolve(store: ModelStore, name: str | None, version: str | None) -> tuple[str, str]:
+    """The version a request for `name` (pinning `version`) gets when no desired state is set."""
+    name = name or store.default_name
+    return name, store.check_exists(name, version) if version else store.default_version(name)
+
+
 def _load(store: ModelStore, name: str, version: str | None = None) -> LoadedModel:
-    return store.load(*store.resolve(name, version))
+    return store.load(*resolve(store, name, version))
 
 
 def _item(
@@ -295,13 +301,13 @@ def test_empty_batch_gives_no_outcomes() -> None:
 def test_highest_version_is_chosen_by_number(store: ModelStore) -> None:
     """Without a pin, the highest version wins in numeric order ("10" over "9")."""
     assert ["1", "9", "10"] == store.versions("mlp")
-    assert ("mlp", "10") == store.resolve(None, None)
-    assert ("mlp", "10") == store.resolve("mlp", None)
+    assert ("mlp", "10") == resolve(store, None, None)
+    assert ("mlp", "10") == resolve(store, "mlp", None)
 
 
 def test_a_request_may_pin_a_version(store: ModelStore) -> None:
     """A version asked for is the version served."""
-    assert ("mlp", "9") == store.resolve("mlp", "9")
+    assert ("mlp", "9") == resolve(store, "mlp", "9")
     assert "9" == _load(store, "mlp", "9").version
 
 
@@ -309,8 +315,8 @@ def test_pinned_default_version(root: Path) -> None:
     """A store pinned to a version serves it to requests that name no version."""
     pinned = ModelStore(root, default_name="mlp", pinned_version="9")
 
-    assert ("mlp", "9") == pinned.resolve(None, None)
-    assert ("mlp", "10") == pinned.resolve(None, "10")
+    assert ("mlp", "9") == resolve(pinned, None, None)
+    assert ("mlp", "10") == resolve(pinned, None, "10")
 
 
 @pytest.mark.parametrize(
@@ -331,7 +337,7 @@ def test_unknown_or_unsafe_models_are_not_found(root: Path, name: str, version: 
     store = ModelStore(root, default_name="mlp")
 
     with pytest.raises(ModelNotFoundError, match=message):
-        store.resolve(name, version)
+        resolve(store, name, version)
 
 
 def test_loading_keeps_one_instance_per_version(store: ModelStore) -> None:
@@ -339,7 +345,7 @@ def test_loading_keeps_one_instance_per_version(store: ModelStore) -> None:
     first = _load(store, "mlp", "1")
 
     assert first is _load(store, "mlp", "1")
-    assert first is store.cached("mlp", "1")
+    assert first is store.loaded[("mlp", "1")]
     assert 64 == len(first.sha256)
 
 

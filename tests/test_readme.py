@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from schemas.codec import decode_request, decode_response
-from worker.cli import make_parser
+from streamscore.cli import make_parser
 from worker.settings import setting_names
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -17,9 +17,9 @@ from registry.compare import Pairs, Report, Side, collect, compare, pair_up
 from schemas import headers as h
 from schemas.codec import InferenceResponse, encode_response
 from schemas.tensors import Tensor, as_tensor
+from streamscore import cli
 from tests.conftest import MakeTopics
 from tests.harness import Out, produce
-from worker import cli
 
 LABELS = ["setosa", "versicolor", "virginica"]
 

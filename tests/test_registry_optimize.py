@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
+from artifacts.manifest import Manifest, TensorSpec
+from artifacts.registry import Registry
+from artifacts.runtime import LoadedModel, load_model
 from demo.models import make_mlp, make_sklearn_mlp, sklearn_mlp_data
-from registry.manifest import Manifest, TensorSpec
 from registry.optimize import judge, make_options, optimize_model
-from registry.registry import Registry
 from schemas.errors import ConfigError
-from worker import cli
-from worker.model import LoadedModel, load_model
+from streamscore import cli
 
 
 @pytest.fixture(scope="module")

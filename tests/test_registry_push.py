@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
+from artifacts.manifest import TensorSpec
+from artifacts.registry import Registry
+from artifacts.storage import StorageError
 from demo.models import install_model, make_mlp, make_sklearn_classifier
-from registry.manifest import TensorSpec
 from registry.push import parse_meta, push_model
-from registry.registry import Registry
 from registry.sniff import sniff_foreign
-from registry.storage import StorageError
 from schemas.errors import ConfigError, ModelLoadError
-from worker.cli import main
+from streamscore.cli import main
 
 
 def _sha256(path: Path) -> str:

@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from broker import local, topics
+from broker import local
 from demo.models import install_model, make_mlp
 from producer.client import FeatureProducer
 from schemas.codec import InferenceResponse, decode_response
 from schemas.errors import BrokerUnavailableError
 from tests.certs import TestCertificates, make_certificates, openssl_available
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.harness import run_burst
+from transport.admin import create_topics
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -65,13 +66,13 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     certs = make_certificates(tmp_path_factory.mktemp("certs"))
     config = local.BrokerConfig(
         home=tmp_path_factory.mktemp("kafka-secure"),
-        port=free_port(),
-        controller_port=free_port(),
+        port=local.free_port(),
+        controller_port=local.free_port(),
         libs=REPO / ".kafka" / "libs",
-        sasl_port=free_port(),
-        ssl_port=free_port(),
-        mtls_port=free_port(),
-        sasl_ssl_port=free_port(),
+        sasl_port=local.free_port(),
+        ssl_port=local.free_port(),
+        mtls_port=local.free_port(),
+        sasl_ssl_port=local.free_port(),
         users={USER: PASSWORD},
         ssl_keystore=certs.server_keystore,
         ssl_truststore=certs.ca,
@@ -96,7 +97,7 @@ async def settings(secure_broker: SecureBroker, model_root: Path) -> Settings:
     """Worker settings on fresh topics (created over PLAINTEXT); connection fields still plain."""
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     names = [f"{prefix}-in", f"{prefix}-out", f"{prefix}-in.DLT"]
-    await topics.create_topics(secure_broker.config.address, names, partitions=1)
+    await create_topics(secure_broker.config.address, names, partitions=1)
     return Settings(
         bootstrap_servers=secure_broker.config.address,
         input_topic=names[0],

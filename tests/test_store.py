@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from artifacts.registry import ArtifactError, Registry
 from demo.models import make_mlp
-from registry.control import DesiredState
 from registry.push import push_model
-from registry.registry import ArtifactError, Registry
+from schemas.control import DesiredState
 from schemas.errors import ModelLoadError, ModelNotFoundError
+from worker.lineup import Chosen, Lineup
+from worker.serving import Serving
 from worker.store import ModelStore
 
 
@@ -53,9 +56,8 @@ def test_a_refused_version_is_remembered_and_the_next_highest_serves(root: Path)
 
     with pytest.raises(ModelLoadError):
         store.load("mlp", "3")
-    store.forget_resolution("mlp")
 
-    assert ("mlp", "2") == store.resolve(None, None)
+    assert "2" == store.default_version()
     assert "mlp" == store.load("mlp", "2").name
     with pytest.raises(ModelLoadError):  # not tried again: the refusal is remembered
         store.load("mlp", "3")
@@ -67,23 +69,30 @@ def test_a_desired_state_routes_requests_and_a_pin_overrides_it(root: Path) -> N
     for version in ("1", "2"):
         store.load("mlp", version)
     state = DesiredState("mlp", current="1").with_canary("2", 0.5)
-    store.set_state(state)
+    store.load("mlp", "3")
+    lineup = Lineup("mlp", loaded=dict(store.loaded), states={"mlp": state})
 
-    routed = {store.resolve(None, None, f"id-{i}")[1] for i in range(50)}
+    def resolve(name: str | None, version: str | None, request_id: str) -> tuple[str, str]:
+        chosen = lineup.choose(name, version, request_id)
+        assert isinstance(chosen, Chosen)
+        return chosen.model.name, chosen.model.version
+
+    routed = {resolve(None, None, f"id-{i}")[1] for i in range(50)}
     assert {"1", "2"} == routed
-    assert all(store.resolve(None, None, f"id-{i}")[1] == state.route(f"id-{i}") for i in range(50))
-    assert ("mlp", "3") == store.resolve("mlp", "3", "id-0")
+    assert all(resolve(None, None, f"id-{i}")[1] == state.route(f"id-{i}") for i in range(50))
+    assert ("mlp", "3") == resolve("mlp", "3", "id-0")
 
 
-def test_versions_a_state_drops_are_unloaded(root: Path) -> None:
+async def test_versions_a_state_drops_are_unloaded(root: Path) -> None:
     """Promoting 3 over 2 over 1 keeps 3 and its rollback target 2 loaded, and unloads 1."""
     store = ModelStore(root, default_name="mlp")
     for version in ("1", "2", "3"):
         store.load("mlp", version)
+    serving = Serving(store, ThreadPoolExecutor(max_workers=1), "worker-1")
 
-    store.set_state(DesiredState("mlp", current="1").promote("2").promote("3"))
+    await serving.apply(DesiredState("mlp", current="1").promote("2").promote("3"))
 
-    assert [None, "2", "3"] == [getattr(store.cached("mlp", v), "version", None) for v in ("1", "2", "3")]
+    assert [None, "2", "3"] == [getattr(store.loaded.get(("mlp", v)), "version", None) for v in ("1", "2", "3")]
 
 
 def test_an_unknown_pinned_version_is_not_found(root: Path) -> None:
@@ -91,4 +100,4 @@ def test_an_unknown_pinned_version_is_not_found(root: Path) -> None:
     store = ModelStore(root, default_name="mlp")
 
     with pytest.raises(ModelNotFoundError, match="no version '9'"):
-        store.resolve("mlp", "9")
+        store.check_exists("mlp", "9")

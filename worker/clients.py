@@ -1,15 +1,21 @@
-"""The worker's Kafka clients: how they are configured, and connecting them under the retry policy."""
+"""The worker's Kafka clients: how they are configured, and connecting them under the retry policy.
+
+`Clients` is the seam the worker builds its clients through: `KafkaClients` makes aiokafka's,
+the unit tests pass fakes (tests/fakes.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas.errors import BrokerUnavailableError
+from transport.reading import TopicReader
+from transport.seams import GroupConsumer, OnRevoked, Producer, Reader
 from worker.retry import retrying
 from worker.settings import Settings
 
@@ -18,39 +24,53 @@ log = structlog.get_logger("streamscore.worker")
 PRODUCER_MAX_BATCH_BYTES = 262_144
 PRODUCER_LINGER_MS = 5
 
-OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
+
+class Clients(Protocol):
+    """Makes the three clients of a worker."""
+
+    def producer(self, settings: Settings) -> Producer: ...
+    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> GroupConsumer: ...
+    def reader(self, settings: Settings) -> Reader: ...
 
 
-def make_producer(settings: Settings, options: dict[str, Any]) -> AIOKafkaProducer:
-    """The worker's idempotent producer (acks from all in-sync replicas); `options` from `kafka_options()`."""
-    return AIOKafkaProducer(
-        **options,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=PRODUCER_LINGER_MS,
-        max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-        request_timeout_ms=settings.request_timeout_ms,
-        client_id=f"streamscore-{settings.worker_name}",
-    )
+class KafkaClients:
+    """aiokafka's clients, configured for the worker."""
 
+    def producer(self, settings: Settings) -> Producer:
+        """The idempotent producer (acks from all in-sync replicas)."""
+        producer: Producer = AIOKafkaProducer(
+            **settings.kafka_options(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=PRODUCER_LINGER_MS,
+            max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+            request_timeout_ms=settings.request_timeout_ms,
+            client_id=f"streamscore-{settings.worker_name}",
+        )
+        return producer
 
-def make_consumer(settings: Settings, options: dict[str, Any], on_revoked: OnRevoked) -> AIOKafkaConsumer:
-    """The group consumer of the input topic (commits by hand); `on_revoked` runs before partitions go."""
-    s = settings
-    consumer = AIOKafkaConsumer(
-        **options,
-        group_id=s.group_id,
-        client_id=f"streamscore-{s.worker_name}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
-        request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
-        session_timeout_ms=s.session_timeout_ms,
-        heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
-    )
-    consumer.subscribe([s.input_topic], listener=_Rebalance(on_revoked))
-    return consumer
+    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> GroupConsumer:
+        """The group consumer of the input topic (commits by hand); `on_revoked` runs before partitions go."""
+        s = settings
+        consumer = AIOKafkaConsumer(
+            **s.kafka_options(),
+            group_id=s.group_id,
+            client_id=f"streamscore-{s.worker_name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
+            request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
+        )
+        consumer.subscribe([s.input_topic], listener=_Rebalance(on_revoked))
+        group_consumer: GroupConsumer = consumer
+        return group_consumer
+
+    def reader(self, settings: Settings) -> Reader:
+        """A consumer outside any group, for the control topic."""
+        return TopicReader(settings.kafka_options())
 
 
 async def connect(start: Callable[[], Any], what: str, settings: Settings) -> None:

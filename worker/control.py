@@ -9,80 +9,78 @@ worker serves without it and looks again every `MISSING_TOPIC_RETRY_S`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from registry.bus import behind, partitions_of
-from registry.control import DesiredState, decode_state
+from schemas.control import DesiredState, decode_state
 from schemas.errors import ConfigError
+from schemas.records import Record
+from transport.reading import read_to_end
+from transport.seams import Reader
 
 log = structlog.get_logger("streamscore.control")
 
 MISSING_TOPIC_RETRY_S = 5.0
+FOLLOW_POLL_MS = 1000
 Apply = Callable[[DesiredState], Awaitable[None]]
 
 
 class ControlFollower:
-    """Reads desired states from the control topic and applies them."""
+    """Reads desired states from the control topic with `reader` and applies them."""
 
-    def __init__(self, options: dict[str, Any], topic: str, apply: Apply) -> None:
+    def __init__(self, reader: Reader, topic: str, apply: Apply, *, retry_s: float = MISSING_TOPIC_RETRY_S) -> None:
+        self.reader = reader
         self.topic = topic
         self.apply = apply
-        self.consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+        self.retry_s = retry_s
         self.assigned = False
 
     async def start(self) -> None:
         """Connect, and apply the current state of every model (if the topic exists)."""
-        await self.consumer.start()
+        await self.reader.start()
         await self._catch_up()
 
     async def _catch_up(self) -> None:
-        partitions = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(self.consumer, self.topic))]
-        if not partitions:
+        latest: dict[str, DesiredState] = {}
+
+        def keep(records: Sequence[Record]) -> None:
+            for state in self._decode_all(records):
+                latest[state.model] = state
+
+        if await read_to_end(self.reader, self.topic, keep, snapshot=False) == "missing":
             log.warning(
                 "control_topic_missing",
                 topic=self.topic,
                 hint="models serve their highest version until `streamscore model promote` creates it",
             )
             return
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_beginning(*partitions)
         self.assigned = True
-        ends = await self.consumer.end_offsets(partitions)
-        latest: dict[str, DesiredState] = {}
-        while await behind(self.consumer, ends):
-            for records in (await self.consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    state = self._decode(record)
-                    if state is not None:
-                        latest[state.model] = state
         for state in latest.values():
             await self._apply(state)
 
-    def _decode(self, record: Any) -> DesiredState | None:
-        if record.value is None:
-            return None
-        try:
-            return decode_state(record.value)
-        except ConfigError as error:
-            log.error("control_record_unreadable", offset=record.offset, error=str(error))
-            return None
+    def _decode_all(self, records: Sequence[Any]) -> list[DesiredState]:
+        states = []
+        for record in records:
+            if record.value is None:
+                continue
+            try:
+                states.append(decode_state(record.value))
+            except ConfigError as error:
+                log.error("control_record_unreadable", offset=record.offset, error=str(error))
+        return states
 
     async def follow(self) -> None:
         """Apply each new state as it arrives (runs until cancelled)."""
         while True:
             if not self.assigned:
-                await asyncio.sleep(MISSING_TOPIC_RETRY_S)
+                await asyncio.sleep(self.retry_s)
                 await self._catch_up()
                 continue
-            for records in (await self.consumer.getmany(timeout_ms=1000)).values():
-                for record in records:
-                    state = self._decode(record)
-                    if state is not None:
-                        await self._apply(state)
+            for records in (await self.reader.getmany(timeout_ms=FOLLOW_POLL_MS)).values():
+                for state in self._decode_all(records):
+                    await self._apply(state)
 
     async def _apply(self, state: DesiredState) -> None:
         try:
@@ -91,4 +89,4 @@ class ControlFollower:
             log.exception("control_state_not_applied", model=state.model, change=state.change, error=repr(error))
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await self.reader.stop()

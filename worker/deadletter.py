@@ -6,7 +6,7 @@ import traceback
 from collections.abc import Sequence
 
 from schemas import headers as h
-from worker.records import Record
+from schemas.records import Record
 
 MAX_STACKTRACE_BYTES = 8192
 

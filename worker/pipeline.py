@@ -7,14 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.runtime import LoadedModel
+from artifacts.signature import check_request
 from schemas import headers as h
 from schemas.codec import InferenceRequest, Limits, ResponseEncoder, decode_request
 from schemas.errors import DecodeError, InferenceError, RecordError, ResultRejectedError, ValidationError
+from schemas.records import Record
 from schemas.tensors import Tensor, nonfinite_error
 from worker.deferred import from_json, stack
-from worker.model import LoadedModel
-from worker.records import DeadLetter, Item, Outcome, Record, Result
-from worker.signature import check_request
+from worker.outcomes import DeadLetter, Item, Outcome, Result
 
 MAX_REMEMBERED_LAYOUTS = 1024
 

@@ -1,38 +1,39 @@
-"""One worker process: consume, batch, score, produce, commit. With its clients (`worker/clients.py`)
-and its produce side (`worker/sender.py`), the only code that talks to Kafka.
+"""One worker process: consume, batch, score, produce, commit.
 
-Lifecycle: `startup()` (load the default model, start the clients) -> `main_loop()` (fetch until
-told to stop, or until drained in burst mode) -> `shutdown()` (stop fetching, drain in-flight
-work within the grace period, commit, close). Three tasks share the work: the fetch loop
-decodes records into the batcher, the score loop runs closed batches in a thread and sends
-their outcomes, the commit loop commits what is acknowledged. An offset is committed only
-when every record before it in its partition has its result or dead letter acknowledged.
+Lifecycle: `startup()` (connect, follow the control topic, load the default model, join the
+group) -> `main_loop()` (fetch until told to stop, or until drained in burst mode) ->
+`shutdown()` (stop fetching, drain in-flight work within the grace period, commit, close).
+
+Three tasks share the work: the fetch loop (here) admits records (`worker.admit` decides each
+one's fate), the score loop (`worker.scoring`) runs closed batches in the model thread and hands
+outcomes to the sender (`worker.sender`), the commit loop commits what is acknowledged
+(`worker.committer`). An offset is committed only when every record before it in its partition
+has its result or dead letter acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
-from schemas.codec import InferenceRequest, Limits
-from schemas.errors import FatalError, ModelLoadError, ModelNotFoundError, RecordError
-from worker.batcher import Batch, MicroBatcher
-from worker.clients import connect, make_consumer, make_producer
+from schemas.codec import Limits
+from schemas.errors import FatalError
+from schemas.records import Record
+from transport.seams import GroupConsumer, Producer
+from worker.admit import Admitted, Load, admit, admit_loaded
+from worker.clients import Clients, KafkaClients, connect
+from worker.committer import Committer
 from worker.control import ControlFollower
-from worker.model import LoadedModel
+from worker.flow import Flow
+from worker.observe import Observer
 from worker.offsets import OffsetTracker
-from worker.pipeline import dead_letter, decode, fallback_id, make_item, model_choice, score_batch
-from worker.records import DeadLetter, Item, Outcome, Result
+from worker.outcomes import DeadLetter, Outcome
+from worker.scoring import ScoreLoop
 from worker.sender import Sender, log_dead_letter
 from worker.serving import Serving
 from worker.settings import Settings
@@ -40,11 +41,10 @@ from worker.store import ModelStore
 
 log = structlog.get_logger("streamscore.worker")
 
-FETCH_MAX_RECORDS = 1000
 FETCH_TIMEOUT_MS = 100
 BURST_UNASSIGNED_EXIT_S = 10.0
-PAUSED_CHECK_S = 0.1
 PROGRESS_INTERVAL_S = 10.0
+WAIT_POLL_S = 0.01
 
 
 class Worker:
@@ -54,37 +54,34 @@ class Worker:
         self,
         settings: Settings,
         *,
+        clients: Clients | None = None,
         store: ModelStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or ModelStore(
-            settings.model_root_path,
-            default_name=settings.model_name,
-            pinned_version=settings.model_version,
-            intra_op_threads=settings.intra_op_threads,
-        )
+        self.clients = clients or KafkaClients()
         self.clock = clock
+        self.observer = observer or Observer()
         self.limits = Limits(settings.max_record_bytes, settings.max_request_rows, settings.allow_nonfinite)
-        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_rows, settings.max_batch_delay_ms / 1000)
         self.tracker: OffsetTracker[int] = OffsetTracker()  # by partition of the input topic
-        self.ready: deque[Batch[Item]] = deque()
-        self.wake = asyncio.Event()  # the score loop: a batch may be ready, or all is acknowledged
-        self.room = asyncio.Event()  # the fetch loop: in-flight records fell below the resume mark
-        self._resume_at = settings.max_in_flight // 2
+        self.flow = Flow(settings.max_in_flight)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.serving = Serving(store or ModelStore.from_settings(settings), self.executor, settings.worker_name)
+        self.scoring = ScoreLoop(settings, self.executor, self._send, clock, self.observer)
         self.stopping = False
         self.fatal: BaseException | None = None
-        self.in_flight = 0
-        self.paused = False
-        self.counts = {"results": 0, "dead_letters": 0, "rows": 0, "shadow": 0}
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.consumer: GroupConsumer | None = None
+        self.producer: Producer | None = None
         self.sender: Sender | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._joined = False
-        self.serving = Serving(self.store, self.executor, settings.worker_name)
+        self.committer: Committer | None = None
         self.control: ControlFollower | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Records taken and not yet acknowledged."""
+        return self.flow.in_flight
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,19 +101,18 @@ class Worker:
         if not self.stopping:
             log.info("worker_stopping", in_flight=self.in_flight)
         self.stopping = True
-        self.wake.set()
-        self.room.set()
+        self.scoring.draining = True
+        self.scoring.wake.set()
+        self.flow.room.set()
 
     async def startup(self) -> None:
         """Connect, apply the control topic's desired states, load the default model, join the group."""
         s = self.settings
-        options = s.kafka_options()
-        self.producer = make_producer(s, options)
+        self.producer = self.clients.producer(s)
         self.sender = Sender(self.producer, s, self._finish, self._fail)
-        self.consumer = make_consumer(s, options, self.on_revoked)
         await connect(self.producer.start, "producer", s)
         if s.control_topic:
-            self.control = ControlFollower(options, s.control_topic, self.serving.apply)
+            self.control = ControlFollower(self.clients.reader(s), s.control_topic, self.serving.apply)
             self.serving.publish = self.sender.publish_status
             await connect(self.control.start, "control consumer", s)
         model = await self.serving.load_default()
@@ -127,15 +123,10 @@ class Worker:
             sha256=model.sha256,
             inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
         )
+        self.consumer = self.clients.consumer(s, self.on_revoked)
         await connect(self.consumer.start, "consumer", s)
-        self._joined = True
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            self._watch(loop.create_task(self.score_loop(), name="score_loop")),
-            self._watch(loop.create_task(self.commit_loop(), name="commit_loop")),
-        ]
-        if self.control is not None:
-            self._tasks.append(self._watch(loop.create_task(self.control.follow(), name="control_follow")))
+        self.committer = Committer(self.consumer, s.input_topic, self.tracker)
+        self._start_tasks()
         log.info(
             "worker_started",
             topic=s.input_topic,
@@ -144,6 +135,13 @@ class Worker:
             dead_letters=s.dead_letter_topic_name,
             bootstrap=s.bootstrap_servers,
         )
+
+    def _start_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        loops = {"score_loop": self.scoring.run(), "commit_loop": self.commit_loop()}
+        if self.control is not None:
+            loops["control_follow"] = self.control.follow()
+        self._tasks = [self._watch(loop.create_task(coroutine, name=name)) for name, coroutine in loops.items()]
 
     def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """A loop that dies takes the worker down (uncommitted) rather than leaving it half-alive."""
@@ -163,28 +161,22 @@ class Worker:
         return task
 
     async def main_loop(self) -> None:
-        """Fetch and prepare records until told to stop (or drained, in burst mode)."""
-        assert self.consumer is not None
-        unassigned_since = self.clock()
-        last_progress = self.clock()
+        """Fetch and admit records until told to stop (or drained, in burst mode)."""
+        unassigned_since = last_progress = self.clock()
         while not self.stopping:
             if self._apply_backpressure():
-                await self._wait_for_room()
+                await self.flow.wait_for_room()
                 continue
-            room = max(1, min(FETCH_MAX_RECORDS, self.settings.max_in_flight - self.in_flight))
-            batches = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
-            for records in batches.values():
-                for record in records:
-                    await self._dispatch(record)
-            if batches:
-                self.wake.set()
+            fetched = await self._fetch()
             if self.clock() - last_progress >= PROGRESS_INTERVAL_S:
                 last_progress = self.clock()
-                log.info("worker_progress", in_flight=self.in_flight, paused=self.paused, **self.counts)
-            if self.consumer.assignment():
+                log.info(
+                    "worker_progress", in_flight=self.in_flight, paused=self.flow.paused, **self.observer.summary()
+                )
+            if self._consumer.assignment():
                 unassigned_since = self.clock()
-            if not batches and self.settings.burst and await self._drained(unassigned_since):
-                log.info("worker_drained", **self.counts)
+            if not fetched and self.settings.burst and await self._drained(unassigned_since):
+                log.info("worker_drained", **self.observer.summary())
                 return
 
     async def shutdown(self) -> bool:
@@ -195,176 +187,92 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.fatal is None and self._joined:
-            await self.commit()
+        if self.fatal is None and self.committer is not None:
+            await self.committer.commit()
         if not drained:
             log.warning(
-                "shutdown_grace_expired",
-                cancelled_in_flight=self.in_flight,
-                grace_s=self.settings.shutdown_grace_s,
+                "shutdown_grace_expired", cancelled_in_flight=self.in_flight, grace_s=self.settings.shutdown_grace_s
             )
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.control is not None:
-            await self.control.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        for client in (self.consumer, self.control, self.producer):
+            if client is not None:
+                await client.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        log.info("worker_stopped", drained=drained, **self.counts)
+        log.info("worker_stopped", drained=drained, **self.observer.summary())
         return drained
 
     # ------------------------------------------------------------------ fetch side
 
-    def _take(self, record: Any) -> Item | DeadLetter | InferenceRequest:
-        """Track a fetched record and decode it; the bare request when its model must be loaded first."""
+    @property
+    def _consumer(self) -> GroupConsumer:
+        assert self.consumer is not None, "the consumer starts in startup()"
+        return self.consumer
+
+    async def _fetch(self) -> bool:
+        """Fetch what there is room for and admit it; whether anything came."""
+        fetched = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=self.flow.fetch_size())
+        for records in fetched.values():
+            for record in records:
+                await self.take(record)
+        if fetched:
+            self.scoring.wake.set()
+        return bool(fetched)
+
+    async def take(self, record: Record) -> None:
+        """Track a fetched record and carry out its fate: batch it, dead-letter it, or load first."""
+        self.observer.consumed(record)
         self.tracker.take(record.partition, record.offset)
-        self.in_flight += 1
-        try:
-            request = decode(record, self.limits)
-            name, version = model_choice(record)
-            name, version = self.store.resolve(name, version, request.id or fallback_id(record))
-        except RecordError as error:
-            return dead_letter(record, error)
-        model = self.store.cached(name, version)
-        if model is None:
-            return request
-        return self._item(record, request, model)
-
-    async def _take_with_load(self, record: Any, request: InferenceRequest) -> Item | DeadLetter:
-        """The rare path of `_take`: the record names a model or version not loaded yet."""
-        name, pinned = model_choice(record)
-        try:
-            if pinned:
-                model = await self._load_for_request(*self.store.resolve(name, pinned))
-            else:
-                model = await self.serving.load_default(name)
-        except (RecordError, ModelLoadError) as error:
-            if isinstance(error, ModelLoadError):
-                error = ModelNotFoundError(f"model {name} cannot be served: {error}")
-            return dead_letter(record, error)
-        return self._item(record, request, model)
-
-    def _item(self, record: Any, request: InferenceRequest, model: LoadedModel) -> Item | DeadLetter:
-        try:
-            return make_item(record, request, model)
-        except RecordError as error:
-            return dead_letter(record, error, model)
-
-    async def _dispatch(self, record: Any) -> None:
-        """Take one record: a dead letter is sent at once, an item waits for its batch."""
-        outcome = self._take(record)
-        if isinstance(outcome, InferenceRequest):
-            outcome = await self._take_with_load(record, outcome)
-        if isinstance(outcome, DeadLetter):
-            assert self.sender is not None
-            await self.sender.send(outcome)
-            return
-        self._batch(outcome)
-        shadow = self.serving.shadow_model(outcome.model)
-        if shadow is not None and not model_choice(record)[1]:
-            twin = self._item(record, outcome.request, shadow)
-            if isinstance(twin, Item):
-                twin.shadow = True
-                self._batch(twin)
-
-    def _batch(self, item: Item) -> None:
-        closed = self.batcher.add(item.key, item, item.rows, self.clock(), item.model.fixed_batch)
-        if closed:
-            self.ready.extend(closed)
-
-    async def _load_for_request(self, name: str, version: str) -> LoadedModel:
-        try:
-            model = await self.serving.load(name, version)
-        except ModelLoadError as error:
-            raise ModelNotFoundError(f"model {name} version {version} cannot be served: {error}") from error
-        log.info("model_loaded", model=model.name, version=model.version, sha256=model.sha256)
-        return model
+        self.flow.taken()
+        fate = admit(record, self.limits, self.serving.lineup)
+        if isinstance(fate, Load):
+            problem = await self.serving.prepare(fate.name, fate.version)
+            fate = admit_loaded(fate, self.serving.lineup, problem)
+        if isinstance(fate, Admitted):
+            self.scoring.add(fate.item)
+            if fate.twin is not None:
+                self.scoring.add(fate.twin)
+        else:
+            await self._send(fate)
 
     def _apply_backpressure(self) -> bool:
-        """Pause every partition at `max_in_flight`, resume at half of it; True while paused."""
-        assert self.consumer is not None
-        if not self.paused and self.in_flight >= self.settings.max_in_flight:
-            self.consumer.pause(*self.consumer.assignment())
-            self.paused = True
-        elif self.paused and self.in_flight <= self._resume_at:
-            self.consumer.resume(*self.consumer.paused())
-            self.paused = False
-        elif self.paused:
-            # a rebalance may have handed us partitions that are not paused yet
-            self.consumer.pause(*self.consumer.assignment())
-        return self.paused
-
-    async def _wait_for_room(self) -> None:
-        """While paused, wait for acknowledgements instead of polling an empty fetch."""
-        self.room.clear()
-        if self.in_flight > self._resume_at and not self.stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.room.wait(), PAUSED_CHECK_S)
+        """Carry out the flow's decision on the assigned partitions; True while paused."""
+        step = self.flow.decide()
+        if step in ("pause", "hold"):
+            self._consumer.pause(*self._consumer.assignment())
+            self.flow.paused = True
+        elif step == "resume":
+            self._consumer.resume(*self._consumer.paused())
+            self.flow.paused = False
+        return self.flow.paused
 
     async def _drained(self, unassigned_since: float) -> bool:
-        assert self.consumer is not None
-        if self.in_flight or len(self.batcher) or self.ready:
+        if self.in_flight or not self.scoring.idle:
             return False
-        assignment = list(self.consumer.assignment())
+        assignment = list(self._consumer.assignment())
         if not assignment:
             return self.clock() - unassigned_since >= BURST_UNASSIGNED_EXIT_S
-        ends = await self.consumer.end_offsets(assignment)
+        ends = await self._consumer.end_offsets(assignment)
         for tp in assignment:
-            if await self.consumer.position(tp) < ends[tp]:
+            if await self._consumer.position(tp) < ends[tp]:
                 return False
         return True
 
-    # ------------------------------------------------------------------ score side
+    # ------------------------------------------------------------------ produce side
 
-    async def score_loop(self) -> None:
-        """Run closed batches in the onnxruntime thread and send their outcomes."""
-        assert self.sender is not None
-        loop, send = asyncio.get_running_loop(), self.sender.send
-        score = functools.partial(
-            score_batch,
-            correlation=self.settings.correlation_headers,
-            check_finite=not self.settings.allow_nonfinite,
-        )
-        while True:
-            batch = await self._next_batch()
-            outcomes = await loop.run_in_executor(self.executor, score, batch.items)
-            self.counts["rows"] += batch.rows
-            for outcome in outcomes:
-                await send(outcome)
-
-    async def _next_batch(self) -> Batch[Item]:
-        while True:
-            if self.stopping:
-                self.ready.extend(self.batcher.drain())
-            else:
-                self.ready.extend(self.batcher.due(self.clock()))
-            if self.ready:
-                return self.ready.popleft()
-            self.wake.clear()
-            deadline = self.batcher.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
-
-    # ------------------------------------------------------------------ produce side (worker/sender.py)
+    async def _send(self, outcome: Outcome) -> None:
+        assert self.sender is not None, "the sender starts in startup()"
+        await self.sender.send(outcome)
 
     def _finish(self, outcome: Outcome) -> None:
         """An outcome is acknowledged: its offset may be committed (shadow results: only counted)."""
+        self.observer.finished(outcome)
         if outcome.shadow:  # shadow results are best effort: no offset waits for them
-            self.counts["shadow"] += 1
             return
-        record = outcome.record
-        self.tracker.finish(record.partition, record.offset)
-        self.in_flight -= 1
-        if isinstance(outcome, Result):
-            self.counts["results"] += 1
-        else:
-            self.counts["dead_letters"] += 1
+        self.tracker.finish(outcome.record.partition, outcome.record.offset)
+        self.flow.finished()
+        if isinstance(outcome, DeadLetter):
             log_dead_letter(outcome)
-        if self.in_flight <= self._resume_at:
-            self.room.set()
         if self.in_flight == 0:
-            self.wake.set()
+            self.scoring.wake.set()
 
     def _fail(self, error: FatalError) -> None:
         """Something must not go on (a dead letter not written): stop, leaving offsets uncommitted."""
@@ -374,44 +282,20 @@ class Worker:
     # ------------------------------------------------------------------ commit side
 
     async def commit_loop(self) -> None:
-        """Commit acknowledged offsets every commit interval."""
+        """Commit acknowledged offsets every commit interval (never after a fatal error)."""
         while True:
             await asyncio.sleep(self.settings.commit_interval_ms / 1000)
-            await self.commit()
-
-    async def commit(self, partitions: set[int] | None = None) -> None:
-        """Commit the offsets whose every predecessor is acknowledged."""
-        assert self.consumer is not None
-        if self.fatal is not None:
-            return
-        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.settings.input_topic}
-        offsets = {
-            partition: offset
-            for partition, offset in self.tracker.committable().items()
-            if partition in assigned and (partitions is None or partition in partitions)
-        }
-        if not offsets:
-            return
-        topic = self.settings.input_topic
-        try:
-            await self.consumer.commit({TopicPartition(topic, p): offset for p, offset in offsets.items()})
-        except KafkaError as error:
-            log.warning(
-                "commit_failed",
-                error=repr(error),
-                partitions=len(offsets),
-                hint="the records after the last commit will be delivered again",
-            )
-            return
-        self.tracker.mark_committed(offsets)
+            if self.fatal is None and self.committer is not None:
+                await self.committer.commit()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before partitions go to another worker: finish their in-flight records, commit them."""
         deadline = self.clock() + self.settings.shutdown_grace_s
-        self.wake.set()
+        self.scoring.wake.set()
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.input_topic}
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
-        await self.commit(partitions)
+        if self.fatal is None and self.committer is not None:
+            await self.committer.commit(partitions)
         self.tracker.forget(partitions)
         if revoked:
             log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
@@ -420,6 +304,6 @@ class Worker:
         while not condition():
             if self.clock() >= deadline:
                 return False
-            self.wake.set()
-            await asyncio.sleep(0.01)
+            self.scoring.wake.set()
+            await asyncio.sleep(WAIT_POLL_S)
         return True

@@ -1,31 +1,34 @@
-"""The produce side of a worker: send outcomes, re-send what fails, publish status records.
+"""The produce side of a worker: send outcomes, carry out what a failed send's fate says, publish status.
 
 A result goes to the results topic (a shadow result to the shadow topic), a dead letter to the
 dead-letter topic; `on_finished` is called when the broker acknowledges it (then its input offset
-may be committed). A send that fails for a transient reason is re-sent in the background under
-the retry policy; a result refused for good becomes a dead letter; a dead letter that cannot be
-written is fatal (`on_fatal`): its input offset stays uncommitted. Shadow outcomes are best effort.
+may be committed). When a send fails, `worker.policy.after_send_failure` decides: resend, dead-letter
+the refused result instead, stop the worker (`on_fatal`: a dead letter that cannot be written keeps
+its offset uncommitted), or drop a best-effort shadow result.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
-from registry.control import STATUS_SUFFIX
-from schemas.errors import FatalError, RecordError, ResultRejectedError
+from schemas.errors import FatalError, RecordError
+from schemas.records import Record
+from transport.seams import Producer
 from worker.deadletter import dead_letter_headers
-from worker.records import DeadLetter, Outcome, Record, Result
-from worker.retry import is_retriable, retrying
+from worker.outcomes import DeadLetter, Outcome, Result
+from worker.policy import Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure
 from worker.settings import Settings
 
 log = structlog.get_logger("streamscore.worker")
 
 Destination = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+Sleep = Callable[[float], Awaitable[Any]]
 
 
 class Sender:
@@ -33,15 +36,21 @@ class Sender:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         settings: Settings,
         on_finished: Callable[[Outcome], None],
         on_fatal: Callable[[FatalError], None],
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        unit: Callable[[], float] = random.random,
     ) -> None:
         self.producer = producer
         self.settings = settings
+        self.policy = RetryPolicy(settings.retry_attempts, settings.retry_max_s)
         self.on_finished = on_finished
         self.on_fatal = on_fatal
+        self._sleep, self._clock, self._unit = sleep, clock, unit
         self._background: set[asyncio.Task[None]] = set()
 
     async def send(self, outcome: Outcome) -> None:
@@ -53,13 +62,13 @@ class Sender:
         try:
             future = await self.producer.send(topic, value=value, key=key, headers=headers)
         except Exception as error:  # raised before sending: too large, no metadata, ...
-            self._spawn(self._resend(outcome, error))
+            self._spawn(self._recover(outcome, error))
             return
         future.add_done_callback(lambda f: self._acknowledged(outcome, f))
 
     async def publish_status(self, key: bytes, value: bytes) -> None:
         """Send a status record in the background (a missing status topic must not stall us)."""
-        producer, topic = self.producer, self.settings.control_topic + STATUS_SUFFIX
+        producer, topic = self.producer, self.settings.status_topic_name
 
         async def send() -> None:
             try:
@@ -88,45 +97,50 @@ class Sender:
     def _acknowledged(self, outcome: Outcome, future: asyncio.Future[Any]) -> None:
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
-            self._spawn(self._resend(outcome, error or asyncio.CancelledError()))
+            self._spawn(self._recover(outcome, error or asyncio.CancelledError()))
             return
         self.on_finished(outcome)
 
-    async def _resend(self, outcome: Outcome, error: BaseException) -> None:
-        """Retry a send that failed for a transient reason; else dead-letter, or stop uncommitted."""
-        if outcome.shadow:
-            log.warning("shadow_result_lost", request_id=outcome.request_id, error=repr(error))
-            return
-        topic, key, value, headers = self._destination(outcome)
-        s = self.settings
-        if is_retriable(error):
-            try:
-                async for attempt in retrying(s.retry_attempts, s.retry_max_s):
-                    with attempt:
-                        await (await self.producer.send(topic, value=value, key=key, headers=headers))
-                self.on_finished(outcome)
+    async def _recover(self, outcome: Outcome, error: BaseException) -> None:
+        """Carry out the fates `after_send_failure` decides until the outcome is sent or given up."""
+        started, resends = self._clock(), 0
+        while True:
+            fate = after_send_failure(outcome, error, resends, self._clock() - started, self.policy)
+            if isinstance(fate, Retry):
+                await self._sleep(self.policy.delay(fate.resend, self._unit()))
+                resends = fate.resend
+                failure = await self._send_and_wait(outcome)
+                if failure is None:
+                    self.on_finished(outcome)
+                    return
+                error = failure
+            elif isinstance(fate, Reroute):
+                await self.send(fate.dead_letter)
                 return
-            except Exception as final:
-                error = final
-        await self._give_up(outcome, error)
+            else:
+                self._give_up(outcome, fate)
+                return
 
-    async def _give_up(self, outcome: Outcome, error: BaseException) -> None:
-        """A result refused for good becomes a dead letter; a dead letter that cannot be written is fatal."""
-        record = outcome.record
-        if isinstance(outcome, Result):
-            rejected = ResultRejectedError(f"the result of request {outcome.request_id!r} was refused: {error!r}")
-            rejected.__cause__ = error
-            attempts = self.settings.retry_attempts
-            await self.send(DeadLetter(record, rejected, outcome.request_id, None, attempts=attempts))
+    async def _send_and_wait(self, outcome: Outcome) -> BaseException | None:
+        topic, key, value, headers = self._destination(outcome)
+        try:
+            await (await self.producer.send(topic, value=value, key=key, headers=headers))
+        except Exception as error:
+            return error
+        return None
+
+    def _give_up(self, outcome: Outcome, fate: Stop | Drop) -> None:
+        if isinstance(fate, Drop):
+            log.warning("shadow_result_lost", request_id=outcome.request_id, reason=fate.reason)
             return
         log.critical(
             "dead_letter_failed",
-            **position(record),
+            **position(outcome.record),
             request_id=outcome.request_id,
-            error=repr(error),
+            error=repr(fate.error.__cause__),
             hint="the input offset stays uncommitted; the record is retried after a restart",
         )
-        self.on_fatal(FatalError(f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written"))
+        self.on_fatal(fate.error)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -1,10 +1,11 @@
-"""Applying desired states in a worker: load, verify, warm up, and only then switch.
+"""What this worker serves, and changing it: load, verify, warm up, and only then switch.
 
-A version that fails to load, to match its manifest's sha256, or to run its warm-up inference
-is never served: what served before keeps serving, the refusal is logged, and the worker's
-status record (read by `streamscore model show`) says which version was refused and why.
-The switch itself is a dictionary update on the event loop, so it falls between batches:
-records taken before it are scored by the old version, records taken after by the new one.
+`Serving` owns the worker's `Lineup` (worker/lineup.py) and replaces it after every change, on
+the event loop, so a switch falls between records: records taken before it are scored by the
+old version, records taken after by the new one. A version that fails to load, to match its
+manifest's sha256, or to run its warm-up inference is never served: what served before keeps
+serving, the refusal is logged, and the worker's status record (read by `streamscore model show`)
+says which version was refused and why.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from concurrent.futures import Executor
 
 import structlog
 
-from registry.control import DesiredState, WorkerStatus, encode_status, now
+from artifacts.runtime import LoadedModel
+from schemas.control import DesiredState, WorkerStatus, encode_status, now
 from schemas.errors import ModelLoadError, ModelNotFoundError
-from worker.model import LoadedModel
+from worker.lineup import Lineup
 from worker.store import ModelStore
 
 log = structlog.get_logger("streamscore.serving")
@@ -27,7 +29,7 @@ Publish = Callable[[bytes, bytes], Awaitable[None]]
 
 
 class Serving:
-    """Loads what desired states ask for and tells the store to serve it."""
+    """Loads what requests and desired states ask for; `lineup` is what serves now."""
 
     def __init__(self, store: ModelStore, executor: Executor, worker: str, publish: Publish | None = None) -> None:
         self.store = store
@@ -35,35 +37,67 @@ class Serving:
         self.worker = worker
         self.publish = publish
         self.switches = 0
-        self.active: dict[str, str] = {}  # model -> the version this worker has been serving
+        self._states: dict[str, DesiredState] = {}
+        self._defaults: dict[str, str] = {}
+        self.lineup = Lineup(store.default_name)
+
+    def _refresh(self) -> None:
+        self.lineup = Lineup(
+            self.store.default_name,
+            loaded=dict(self.store.loaded),
+            refused=dict(self.store.refused),
+            states=dict(self._states),
+            defaults=dict(self._defaults),
+        )
 
     async def load(self, name: str, version: str) -> LoadedModel:
         """Load, verify and warm up a version in the model thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.store.load, name, version)
+        try:
+            return await loop.run_in_executor(self.executor, self.store.load, name, version)
+        finally:
+            self._refresh()
+
+    async def prepare(self, name: str, version: str | None) -> ModelNotFoundError | None:
+        """Load what a request needs (`version` None: `name`'s default); the reason when it cannot be served."""
+        try:
+            if version is None:
+                await self.load_default(name)
+                return None
+            model = await self.load(name, self.store.check_exists(name, version))
+        except ModelNotFoundError as error:
+            return error
+        except ModelLoadError as error:
+            return ModelNotFoundError(f"model {name} version {version} cannot be served: {error}")
+        log.info("model_loaded", model=model.name, version=model.version, sha256=model.sha256)
+        return None
 
     async def load_default(self, name: str | None = None) -> LoadedModel:
-        """The version a model serves without a pin: the highest one that loads."""
+        """The version a model serves without a pin, loaded: its current one under a desired state,
+        else the highest one that loads (ModelNotFoundError: none)."""
+        found = name or self.store.default_name
+        current = self.lineup.serving(found)
+        if current is not None and (found, current) in self.lineup.loaded:
+            return self.lineup.loaded[(found, current)]
         while True:
-            found_name, version = self.store.resolve(name, None)
+            version = self.store.default_version(found)
             try:
-                model = await self.load(found_name, version)
-                self.active.setdefault(found_name, version)
-                return model
+                model = await self.load(found, version)
             except ModelLoadError as error:
-                log.error("model_version_refused", model=found_name, version=version, error=str(error))
-                self.store.forget_resolution(found_name)  # the next resolve skips the refused version
+                log.error("model_version_refused", model=found, version=version, error=str(error))
+                continue  # default_version skips the refused version now
+            self._defaults.setdefault(found, version)
+            self._refresh()
+            return model
 
     async def apply(self, state: DesiredState) -> None:
         """Serve `state`, except the versions that cannot be loaded; report what serves."""
         name = state.model
-        failed: dict[str, str] = {}
         for version in sorted(state.versions()):
-            self.store.forget_failure(name, version)
+            self.store.forget_refusal(name, version)
             try:
                 await self.load(name, version)
             except (ModelLoadError, ModelNotFoundError) as error:
-                failed[version] = str(error)
                 log.error(
                     "model_version_refused",
                     model=name,
@@ -71,43 +105,40 @@ class Serving:
                     error=str(error),
                     hint="the version serving now keeps serving",
                 )
-        before = self.active.get(name)
-        effective = dataclasses.replace(
-            state,
-            current=before if state.current in failed else state.current,
-            canary=None if state.canary and state.canary.version in failed else state.canary,
-            shadow=None if state.shadow in failed else state.shadow,
-        )
-        self.store.set_state(effective)
-        if effective.current is not None:
-            self.active[name] = effective.current
+        before = self.lineup.serving(name)
+        effective = self._effective(state, before)
+        self._states[name] = effective
+        self.store.keep_only(name, effective.versions() | set(effective.previous[-1:]))
+        self._refresh()
         if before is not None and effective.current not in (None, before):
             self.switches += 1
             log.info("model_switched", model=name, previous=before, current=effective.current, change=state.change)
-        await self.report(effective, failed)
+        await self.report(effective)
 
-    async def report(self, state: DesiredState, failed: dict[str, str]) -> None:
+    def _effective(self, state: DesiredState, before: str | None) -> DesiredState:
+        """`state` without the versions refused at load (the current one falls back to `before`)."""
+        refused = {v for (model, v) in self.store.refused if model == state.model}
+        return dataclasses.replace(
+            state,
+            current=before if state.current in refused else state.current,
+            canary=None if state.canary and state.canary.version in refused else state.canary,
+            shadow=None if state.shadow in refused else state.shadow,
+        )
+
+    async def report(self, state: DesiredState) -> None:
         """Publish this worker's status for one model: what serves, every version it refused."""
         if self.publish is None:
             return
-        failed = {**{v: why for (model, v), why in self.store.failed.items() if model == state.model}, **failed}
         status = WorkerStatus(
             model=state.model,
             worker=self.worker,
             current=state.current,
             canary=state.canary.version if state.canary else None,
             shadow=state.shadow,
-            failed=failed,
+            failed={v: why for (model, v), why in self.store.refused.items() if model == state.model},
             at=now(),
         )
         try:
             await self.publish(status.key(), encode_status(status))
         except Exception as error:  # a status is information; serving goes on without it
             log.warning("status_not_published", model=state.model, error=repr(error))
-
-    def shadow_model(self, model: LoadedModel) -> LoadedModel | None:
-        """The shadow version to score alongside `model`, when `model` is its model's current one."""
-        state = self.store.states.get(model.name)
-        if state is None or state.shadow is None or state.current != model.version:
-            return None
-        return self.store.cached(model.name, state.shadow)

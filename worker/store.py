@@ -1,21 +1,24 @@
-"""Which model versions exist, which serve, and the loaded ones.
+"""The model versions under a worker's model root, and loading them: the worker's only model I/O.
 
-Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside
-the artifact, verified by sha256 on load) or, for models copied in by hand, from a plain
-`<name>/<version>/model.onnx`. What serves comes from the control topic's desired state
-(`set_state`); without one, the highest version (or the pinned one) of each model serves.
+Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
+artifact, verified by sha256 on load) or, for models copied in by hand, from a plain
+`<name>/<version>/model.onnx`. A version that fails to load is remembered as refused (here, and
+only here) and not tried again until `forget_refusal`. Which version serves a request is
+`worker.lineup`'s question; this module only finds, loads and keeps versions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from registry.control import DesiredState
-from registry.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
-from registry.registry import Registry
-from registry.storage import StorageError
+from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
+from artifacts.registry import Registry
+from artifacts.runtime import LoadedModel, load_model
+from artifacts.storage import StorageError
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from worker.model import LoadedModel, load_model
+from worker.lineup import Key
+from worker.settings import Settings
 
 
 class ModelStore:
@@ -29,10 +32,18 @@ class ModelStore:
         self.pinned_version = pinned_version
         self.intra_op_threads = intra_op_threads
         self.default_name = default_name or self._only_model()
-        self.states: dict[str, DesiredState] = {}
-        self.failed: dict[tuple[str, str], str] = {}  # versions refused at load, and why
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}
-        self._resolved: dict[tuple[str | None, str | None], tuple[str, str]] = {}
+        self._loaded: dict[Key, LoadedModel] = {}
+        self._refused: dict[Key, str] = {}  # versions refused at load, and why
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        """The store a worker with `settings` reads."""
+        return cls(
+            settings.model_root_path,
+            default_name=settings.model_name,
+            pinned_version=settings.model_version,
+            intra_op_threads=settings.intra_op_threads,
+        )
 
     def _only_model(self) -> str:
         names = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
@@ -43,6 +54,16 @@ class ModelStore:
             )
         return names[0]
 
+    @property
+    def loaded(self) -> Mapping[Key, LoadedModel]:
+        """The versions loaded now."""
+        return self._loaded
+
+    @property
+    def refused(self) -> Mapping[Key, str]:
+        """The versions refused at load, and why."""
+        return self._refused
+
     def versions(self, name: str) -> list[str]:
         """The versions of `name` in the registry or on disk, oldest first."""
         folder = self.root / name
@@ -51,71 +72,53 @@ class ModelStore:
         found = {p.parent.name for p in folder.glob("*/*") if p.name in (MODEL_FILE, MANIFEST_FILE)}
         return sorted((v for v in found if NAME_PATTERN.match(v)), key=version_key)
 
-    def resolve(self, name: str | None, version: str | None, request_id: str = "") -> tuple[str, str]:
-        """Which (name, version) scores a request; ModelNotFoundError if none can.
+    def default_version(self, name: str | None = None) -> str:
+        """The version `name` (None: the default model) serves without a desired state.
 
-        A version pinned by the request wins; else the desired state routes the request (its
-        canary share is fixed by the request id); else the pinned setting or the highest version.
+        The pinned setting for the default model, else the highest version not refused;
+        ModelNotFoundError when there is none.
         """
-        state = self.states.get(name or self.default_name) if not version else None
-        if state is not None and state.current is not None:
-            return state.model, state.route(request_id) or state.current
-        found = self._resolved.get((name, version))
-        if found is None:
-            found = self._resolved[(name, version)] = self._resolve(name, version)
-        return found
-
-    def _resolve(self, name: str | None, version: str | None) -> tuple[str, str]:
         name = name or self.default_name
-        if version and not NAME_PATTERN.match(version):
+        if name == self.default_name and self.pinned_version:
+            return self.check_exists(name, self.pinned_version)
+        available = self._available(name)
+        serveable = [v for v in available if (name, v) not in self._refused]
+        if not serveable:
+            reasons = "; ".join(self._refused[(name, v)] for v in available)
+            raise ModelNotFoundError(f"no version of model {name!r} can be served: {reasons}")
+        return serveable[-1]
+
+    def check_exists(self, name: str, version: str) -> str:
+        """`version` if `name` has it on disk (or loaded); ModelNotFoundError naming the ones it has."""
+        if not NAME_PATTERN.match(version):
             raise ModelNotFoundError(f"model version {version!r} is not a valid version name")
-        if not version and name == self.default_name and self.pinned_version:
-            version = self.pinned_version
-        if version and (name, version) in self._loaded:
-            return name, version
+        if (name, version) in self._loaded:
+            return version
+        available = self._available(name)
+        if version not in available:
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {', '.join(available)}")
+        return version
+
+    def _available(self, name: str) -> list[str]:
         available = self.versions(name)
         if not available:
             raise ModelNotFoundError(f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}")
-        if version and version not in available:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {', '.join(available)}")
-        if version:
-            return name, version
-        serveable = [v for v in available if (name, v) not in self.failed]
-        if not serveable:
-            reasons = "; ".join(self.failed[(name, v)] for v in available)
-            raise ModelNotFoundError(f"no version of model {name!r} can be served: {reasons}")
-        return name, serveable[-1]
-
-    def forget_resolution(self, name: str) -> None:
-        """Resolve `name` afresh next time (after a version of it was refused)."""
-        self._resolved = {key: found for key, found in self._resolved.items() if found[0] != name}
-
-    def set_state(self, state: DesiredState) -> None:
-        """Serve what `state` says (its versions must be loaded); versions it drops are unloaded."""
-        self.states[state.model] = state
-        self._resolved = {key: found for key, found in self._resolved.items() if found[0] != state.model}
-        keep = state.versions() | set(state.previous[-1:])
-        for key in [k for k in self._loaded if k[0] == state.model and k[1] not in keep]:
-            del self._loaded[key]  # batches in flight keep their own reference
-
-    def cached(self, name: str, version: str) -> LoadedModel | None:
-        """The loaded model, if it is loaded."""
-        return self._loaded.get((name, version))
+        return available
 
     def load(self, name: str, version: str) -> LoadedModel:
         """Load, verify and warm up one version (blocking: call it from a thread), and keep it.
 
-        A version refused once is refused again without another try, until `forget_failure`.
+        A version refused once is refused again without another try, until `forget_refusal`.
         """
         model = self._loaded.get((name, version))
         if model is not None:
             return model
-        if (name, version) in self.failed:
-            raise ModelLoadError(self.failed[(name, version)])
+        if (name, version) in self._refused:
+            raise ModelLoadError(self._refused[(name, version)])
         try:
             model = self._load(name, version)
         except ModelLoadError as error:
-            self.failed[(name, version)] = str(error)
+            self._refused[(name, version)] = str(error)
             raise
         self._loaded[(name, version)] = model
         return model
@@ -134,6 +137,12 @@ class ModelStore:
             return load_model(source, name, version, sha256=manifest.sha256, intra_op_threads=threads)
         return load_model(content, name, version, sha256=manifest.sha256, intra_op_threads=threads)
 
-    def forget_failure(self, name: str, version: str) -> None:
+    def forget_refusal(self, name: str, version: str) -> None:
         """Allow another attempt at a version refused before (a new desired state names it)."""
-        self.failed.pop((name, version), None)
+        self._refused.pop((name, version), None)
+
+    def keep_only(self, name: str, versions: Iterable[str]) -> None:
+        """Unload the versions of `name` not in `versions` (batches in flight keep their own reference)."""
+        keep = set(versions)
+        for key in [k for k in self._loaded if k[0] == name and k[1] not in keep]:
+            del self._loaded[key]

@@ -12,9 +12,11 @@ import hashlib
 import zlib
 from pathlib import Path
 
-from registry.manifest import MANIFEST_FILE, Manifest, check_name, version_key
-from registry.storage import LocalStorage, Storage, StorageError
+from artifacts.manifest import MANIFEST_FILE, Manifest, check_name, version_key
+from artifacts.storage import LocalStorage, Storage, StorageError
 from schemas.errors import ModelLoadError
+
+DEFAULT_MODEL_ROOT = "models"  # the registry folder, relative to where the command runs
 
 
 class ArtifactError(ModelLoadError):

@@ -6,7 +6,8 @@ to, a canary and a shadow), so that compaction keeps exactly the latest state of
 and every worker process on every host converges on it.
 
 Workers report what they actually serve, and what they refused to load, to the status topic
-(`<control topic>.status`), keyed by `<model>/<worker>`.
+(`schemas.topics.status_topic_of`), keyed by `<model>/<worker>`. Routing a request to a version
+(`DesiredState.route`) is pure, so that every worker routes the same id the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from typing import Any
 import orjson
 
 from schemas.errors import ConfigError
-
-DEFAULT_CONTROL_TOPIC = "streamscore.control"
-STATUS_SUFFIX = ".status"
 
 
 def now() -> str:

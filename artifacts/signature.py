@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from artifacts.runtime import LoadedModel
 from schemas.codec import InferenceRequest
 from schemas.errors import ValidationError
-from worker.model import LoadedModel
 
 
 def check_request(request: InferenceRequest, model: LoadedModel) -> None:

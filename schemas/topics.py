@@ -1,0 +1,30 @@
+"""The topics of the contract: their default names, and the names derived from others.
+
+Producers, workers and the lifecycle commands meet on these names, so each is defined here once.
+"""
+
+from __future__ import annotations
+
+DEFAULT_INPUT_TOPIC = "streamscore.requests"
+DEFAULT_RESULTS_TOPIC = "streamscore.results"
+DEFAULT_CONTROL_TOPIC = "streamscore.control"  # desired model versions (compacted)
+DEFAULT_GROUP_ID = "streamscore"
+
+DEAD_LETTER_SUFFIX = ".DLT"  # as Spring Kafka's plain DeadLetterPublishingRecoverer names it
+SHADOW_SUFFIX = ".shadow"
+STATUS_SUFFIX = ".status"
+
+
+def dead_letter_topic_of(input_topic: str) -> str:
+    """The default dead-letter topic of an input topic: `<input>.DLT`."""
+    return input_topic + DEAD_LETTER_SUFFIX
+
+
+def shadow_topic_of(results_topic: str) -> str:
+    """Where a shadow version's results go by default: `<results>.shadow`."""
+    return results_topic + SHADOW_SUFFIX
+
+
+def status_topic_of(control_topic: str) -> str:
+    """Where workers report what they serve: `<control>.status` (compacted)."""
+    return control_topic + STATUS_SUFFIX

@@ -1,0 +1,72 @@
+"""Reading a topic from its beginning to its end offsets (compacted state, shadow results, control)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.records import Record
+from transport.seams import Reader
+
+Ending = Literal["end", "idle", "missing"]
+
+
+class TopicReader(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no type hints
+    """An aiokafka consumer outside any group, for reading whole topics (satisfies `Reader`)."""
+
+    def __init__(self, options: dict[str, Any], **extra: Any) -> None:
+        super().__init__(**options, group_id=None, enable_auto_commit=False, **extra)
+
+    async def partitions_of(self, topic: str) -> set[int]:
+        """The partitions of `topic`; empty when it does not exist."""
+        if topic not in await self.topics():
+            return set()
+        # The one private call: topics() does not fill the client's partition cache, and aiokafka
+        # has no public way to load the metadata of a topic that is neither subscribed nor assigned.
+        await self._client.force_metadata_update()
+        return set(self.partitions_for_topic(topic) or ())
+
+
+async def read_to_end(
+    reader: Reader,
+    topic: str,
+    on_records: Callable[[Sequence[Record]], None],
+    *,
+    idle_s: float | None = None,
+    snapshot: bool = True,
+) -> Ending:
+    """Assign every partition of `topic` and read it from the beginning to its end offsets as of now.
+
+    Each fetched batch goes to `on_records`: with `snapshot`, only the records before the end
+    offsets; without, every record fetched (a follower that keeps fetching from where this stops
+    must not skip the records that arrived meanwhile). Returns "end" once read to the end,
+    "missing" if the topic does not exist, "idle" if `idle_s` seconds pass without a record.
+    """
+    partitions = [TopicPartition(topic, p) for p in sorted(await reader.partitions_of(topic))]
+    if not partitions:
+        return "missing"
+    reader.assign(partitions)
+    await reader.seek_to_beginning(*partitions)
+    ends = dict(await reader.end_offsets(partitions))
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while await behind(reader, ends):
+        if idle_s is not None and loop.time() - last >= idle_s:
+            return "idle"
+        fetched = await reader.getmany(timeout_ms=200)
+        for tp, records in fetched.items():
+            on_records([r for r in records if r.offset < ends[tp]] if snapshot else records)
+        if fetched:
+            last = loop.time()
+    return "end"
+
+
+async def behind(reader: Reader, ends: dict[TopicPartition, int]) -> bool:
+    """True while the reader's position is short of `ends` on some partition."""
+    for tp, end in ends.items():
+        if await reader.position(tp) < end:
+            return True
+    return False

@@ -1,0 +1,92 @@
+"""A record's fate at admission, decided in one pure step: items to batch, a dead letter, or a load.
+
+    admit(record, limits, lineup)
+        -> Admitted   the item to batch (and its shadow twin, when a shadow version is set)
+        -> DeadLetter the record cannot be scored: undecodable, invalid, or for no servable model
+        -> Load       the version that should score it is not loaded yet: load it, then call
+                      `admit_loaded`, which never asks for a load again
+
+The worker (worker/runner.py) only carries the fate out. Nothing here touches Kafka or disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from artifacts.runtime import LoadedModel
+from schemas.codec import InferenceRequest, Limits
+from schemas.errors import ModelNotFoundError, RecordError
+from schemas.records import Record
+from worker.lineup import Chosen, Lineup, Missing
+from worker.outcomes import DeadLetter, Item
+from worker.pipeline import dead_letter, decode, fallback_id, make_item, model_choice
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An item for the batcher, and the twin a shadow version scores (its result goes to the shadow topic)."""
+
+    item: Item
+    twin: Item | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Load version `version` of `name` (None: its default), then decide again with `admit_loaded`."""
+
+    record: Record
+    request: InferenceRequest
+    name: str
+    version: str | None
+
+
+Fate = Admitted | DeadLetter | Load
+
+
+def admit(record: Record, limits: Limits, lineup: Lineup) -> Fate:
+    """Decode `record` and route it against `lineup`."""
+    try:
+        request = decode(record, limits)
+    except RecordError as error:
+        return dead_letter(record, error)
+    return _route(record, request, lineup)
+
+
+def admit_loaded(load: Load, lineup: Lineup, problem: RecordError | None) -> Admitted | DeadLetter:
+    """Decide again after the load that `load` asked for: `problem` says why it could not be served."""
+    if problem is not None:
+        return dead_letter(load.record, problem)
+    fate = _route(load.record, load.request, lineup)
+    if isinstance(fate, Load):  # loaded, and already dropped again (a desired state changed meanwhile)
+        shown = load.version or "default"
+        return dead_letter(load.record, ModelNotFoundError(f"model {load.name} version {shown} is not loaded"))
+    return fate
+
+
+def _route(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:
+    name, pinned = model_choice(record)
+    try:
+        chosen = lineup.choose(name, pinned, request.id or fallback_id(record))
+    except RecordError as error:
+        return dead_letter(record, error)
+    if isinstance(chosen, Missing):
+        return Load(record, request, chosen.name, chosen.version)
+    return _admitted(record, request, chosen)
+
+
+def _admitted(record: Record, request: InferenceRequest, chosen: Chosen) -> Admitted | DeadLetter:
+    try:
+        item = make_item(record, request, chosen.model)
+    except RecordError as error:
+        return dead_letter(record, error, chosen.model)
+    return Admitted(item, None if chosen.shadow is None else _twin(record, request, chosen.shadow))
+
+
+def _twin(record: Record, request: InferenceRequest, shadow: LoadedModel) -> Item | None:
+    """The item the shadow version scores; none when the request does not fit it (best effort)."""
+    try:
+        twin = make_item(record, request, shadow)
+    except RecordError:
+        return None
+    twin.shadow = True
+    return twin

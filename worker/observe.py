@@ -1,0 +1,39 @@
+"""Hooks on a record's way through a worker. The base class counts, for the progress log lines.
+
+A benchmark or a metrics exporter subclasses `Observer`; the worker calls it at each step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.records import Record
+from worker.batcher import Batch
+from worker.outcomes import Item, Outcome, Result
+
+
+class Observer:
+    """Counts results, dead letters, rows scored and shadow results."""
+
+    def __init__(self) -> None:
+        self.counts = {"results": 0, "dead_letters": 0, "rows": 0, "shadow": 0}
+
+    def consumed(self, record: Record) -> None:
+        """A record was fetched."""
+
+    def scored(self, batch: Batch[Item]) -> None:
+        """A batch went through the model."""
+        self.counts["rows"] += batch.rows
+
+    def finished(self, outcome: Outcome) -> None:
+        """An outcome was acknowledged by the broker."""
+        if outcome.shadow:
+            self.counts["shadow"] += 1
+        elif isinstance(outcome, Result):
+            self.counts["results"] += 1
+        else:
+            self.counts["dead_letters"] += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The counts, as log keys."""
+        return dict(self.counts)

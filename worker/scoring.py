@@ -1,0 +1,74 @@
+"""The score loop: close batches (full, due, or all of them when stopping), score each in the model
+thread, and hand its outcomes on. Scoring itself is pure (`worker.pipeline.score_batch`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+from worker.batcher import Batch, MicroBatcher
+from worker.observe import Observer
+from worker.outcomes import Item, Outcome
+from worker.pipeline import score_batch
+from worker.settings import Settings
+
+
+class ScoreLoop:
+    """Batches items and scores the batches, one at a time, in `executor`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        send: Callable[[Outcome], Awaitable[None]],
+        clock: Callable[[], float],
+        observer: Observer,
+    ) -> None:
+        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_rows, settings.max_batch_delay_ms / 1000)
+        self.ready: deque[Batch[Item]] = deque()
+        self.wake = asyncio.Event()  # a batch may be ready, or the worker is stopping
+        self.draining = False  # close every batch now, due or not
+        self.executor = executor
+        self.send = send
+        self.clock = clock
+        self.observer = observer
+        self.score = functools.partial(
+            score_batch, correlation=settings.correlation_headers, check_finite=not settings.allow_nonfinite
+        )
+
+    def add(self, item: Item) -> None:
+        """Put an item in its batch; a batch it fills is ready at once."""
+        closed = self.batcher.add(item.key, item, item.rows, self.clock(), item.model.fixed_batch)
+        if closed:
+            self.ready.extend(closed)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be scored."""
+        return not len(self.batcher) and not self.ready
+
+    async def run(self) -> None:
+        """Score batches as they close, forever (cancelled at shutdown)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self.next_batch()
+            outcomes = await loop.run_in_executor(self.executor, self.score, batch.items)
+            self.observer.scored(batch)
+            for outcome in outcomes:
+                await self.send(outcome)
+
+    async def next_batch(self) -> Batch[Item]:
+        """The next closed batch, waiting until one is full or due."""
+        while True:
+            self.ready.extend(self.batcher.drain() if self.draining else self.batcher.due(self.clock()))
+            if self.ready:
+                return self.ready.popleft()
+            self.wake.clear()
+            deadline = self.batcher.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)

@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-lint: install  ## ruff: lint and format check
+lint: install  ## ruff (lint and format check) and the import layers of ARCHITECTURE.md
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 format: install
 	$(PY) -m ruff format .

@@ -1,0 +1,270 @@
+"""In-memory stand-ins for Kafka behind the seams of `transport.seams` (as httpx's MockTransport).
+
+`FakeCluster` holds topics as lists of records and each group's committed offsets;
+`FakeProducer`, `FakeConsumer` and `FakeReader` read and write it; `FakeClients` hands them to a
+`worker.runner.Worker`. Failures are scripted: `FakeProducer.fail(topic, error, times)` fails the
+next sends to a topic, `hold()` keeps acknowledgements until `release()`, and
+`FakeConsumer.rebalance(keep)` rebalances as aiokafka's eager protocol does (every partition
+revoked, the listener first, then `keep` assigned again from the committed offsets). They run on
+the test's event loop: no threads, no sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from schemas.records import InputRecord
+from transport.seams import Headers, OnRevoked
+from worker.settings import Settings
+
+IDLE_FETCH_S = 0.002  # an empty fetch waits this long, not its whole timeout: tests stay fast
+
+
+@dataclass
+class FakeCluster:
+    """Topics (partition -> records) and committed offsets (group, partition -> offset)."""
+
+    topics: dict[str, list[list[InputRecord]]] = field(default_factory=dict)
+    committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+
+    def create(self, topic: str, partitions: int = 1) -> None:
+        """Create `topic` unless it exists."""
+        self.topics.setdefault(topic, [[] for _ in range(partitions)])
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> InputRecord:
+        """Write one record (the topic is created with one partition if it does not exist)."""
+        self.create(topic)
+        partitions = self.topics[topic]
+        index = partition if partition is not None else (zlib.crc32(key) % len(partitions) if key else 0)
+        record = InputRecord(topic, index, len(partitions[index]), value, key, tuple(headers), 1_700_000_000_000)
+        partitions[index].append(record)
+        return record
+
+    def records(self, topic: str) -> list[InputRecord]:
+        """Every record of `topic`, partition by partition."""
+        return [record for partition in self.topics.get(topic, []) for record in partition]
+
+    def end(self, tp: TopicPartition) -> int:
+        partitions = self.topics.get(tp.topic, [])
+        return len(partitions[tp.partition]) if tp.partition < len(partitions) else 0
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+    times: int
+    at_send: bool  # raised by send() itself (too large, no metadata), not through the future
+
+
+class FakeProducer:
+    """A producer that appends to the cluster; scripted failures and held acknowledgements."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.started = False
+        self.attempts: list[tuple[str, bytes | None]] = []  # every send, failed ones too: (topic, key)
+        self._failures: dict[str, list[_Failure]] = defaultdict(list)
+        self._held: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] | None = None
+
+    def fail(self, topic: str, error: BaseException, times: int = 1, *, at_send: bool = False) -> None:
+        """The next `times` sends to `topic` fail with `error`."""
+        self._failures[topic].append(_Failure(error, times, at_send))
+
+    def hold(self) -> None:
+        """Keep acknowledgements back until `release()` (records are not written until then)."""
+        self._held = []
+
+    def release(self) -> None:
+        """Acknowledge (and write) every held record, in order."""
+        held, self._held = self._held or [], None
+        for future, args in held:
+            self._write(future, *args)
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, **more: Any
+    ) -> asyncio.Future[Any]:
+        """Hand a record over (`more`: partition, headers); the future is its acknowledgement."""
+        partition, headers = more.get("partition"), more.get("headers")
+        self.attempts.append((topic, key))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failure = self._next_failure(topic)
+        if failure is not None and failure.at_send:
+            raise failure.error
+        if failure is not None:
+            future.set_exception(failure.error)
+        elif self._held is not None:
+            self._held.append((future, (topic, value, key, partition, headers)))
+        else:
+            self._write(future, topic, value, key, partition, headers)
+        return future
+
+    def _next_failure(self, topic: str) -> _Failure | None:
+        scripted = self._failures.get(topic)
+        if not scripted:
+            return None
+        failure = scripted[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            scripted.pop(0)
+        return failure
+
+    def _write(
+        self,
+        future: asyncio.Future[Any],
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: Headers | None,
+    ) -> None:
+        record = self.cluster.append(topic, value, key=key, headers=headers or (), partition=partition)
+        future.set_result(record)
+
+
+class _Fetching:
+    """Positions and fetching over assigned partitions (shared by the consumer and the reader)."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self.fetches = 0
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[InputRecord]]:
+        self.fetches += 1
+        fetched: dict[TopicPartition, list[InputRecord]] = {}
+        left = max_records if max_records is not None else 1_000_000
+        for tp in sorted(self.positions, key=lambda tp: (tp.topic, tp.partition)):
+            if tp in self._paused or left <= 0:
+                continue
+            records = self.cluster.topics.get(tp.topic, [[]] * (tp.partition + 1))[tp.partition]
+            batch = records[self.positions[tp] : self.positions[tp] + left]
+            if batch:
+                fetched[tp] = list(batch)
+                self.positions[tp] += len(batch)
+                left -= len(batch)
+        await asyncio.sleep(0 if fetched else min(timeout_ms / 1000, IDLE_FETCH_S))
+        return fetched
+
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.cluster.end(tp) for tp in partitions}
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self.positions[partition]
+
+    async def start(self) -> None:
+        """Nothing to connect to."""
+
+    async def stop(self) -> None:
+        """Nothing to disconnect from."""
+
+
+class FakeConsumer(_Fetching):
+    """The only member of its group: it owns every partition of the topic until `rebalance`."""
+
+    def __init__(self, cluster: FakeCluster, topic: str, group: str, on_revoked: OnRevoked) -> None:
+        super().__init__(cluster)
+        self.topic, self.group, self.on_revoked = topic, group, on_revoked
+        self.pauses = 0
+
+    async def start(self) -> None:
+        """Join: take every partition, from the group's committed offsets."""
+        self._assign(set(range(len(self.cluster.topics.get(self.topic, [])))))
+
+    def _assign(self, partitions: set[int]) -> None:
+        self.positions = {}
+        for partition in sorted(partitions):
+            tp = TopicPartition(self.topic, partition)
+            self.positions[tp] = self.cluster.committed.get((self.group, tp), 0)
+        self._paused &= set(self.positions)
+
+    async def rebalance(self, keep: set[int]) -> set[TopicPartition]:
+        """An eager rebalance, as aiokafka's: every partition is revoked (the listener runs first),
+        then the partitions in `keep` are assigned again from the group's committed offsets."""
+        revoked = set(self.positions)
+        await self.on_revoked(set(revoked))
+        self._assign(keep)
+        return revoked
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        if partitions and not set(partitions) <= self._paused:
+            self.pauses += 1
+        self._paused |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused -= set(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            self.cluster.committed[(self.group, tp)] = offset
+        self.cluster.commits.append(dict(offsets))
+
+
+class FakeReader(_Fetching):
+    """A consumer outside any group that reads whole topics."""
+
+    async def partitions_of(self, topic: str) -> set[int]:
+        return set(range(len(self.cluster.topics.get(topic, []))))
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self.positions = {tp: self.positions.get(tp, 0) for tp in partitions}
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp in partitions:
+            self.positions[tp] = 0
+
+
+class FakeClients:
+    """The clients a Worker makes, all over one FakeCluster; the last of each kind is kept."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.made_producer: FakeProducer | None = None
+        self.made_consumer: FakeConsumer | None = None
+        self.made_reader: FakeReader | None = None
+        self.producer_script: list[tuple[str, BaseException, int, bool]] = []  # fail(...) on the producer made
+        self.exit_code: int | None = None  # for a test to keep the worker's exit code beside its clients
+
+    def producer(self, settings: Settings) -> FakeProducer:
+        self.made_producer = FakeProducer(self.cluster)
+        for topic, error, times, at_send in self.producer_script:
+            self.made_producer.fail(topic, error, times, at_send=at_send)
+        return self.made_producer
+
+    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> FakeConsumer:
+        self.made_consumer = FakeConsumer(self.cluster, settings.input_topic, settings.group_id, on_revoked)
+        return self.made_consumer
+
+    def reader(self, settings: Settings) -> FakeReader:
+        self.made_reader = FakeReader(self.cluster)
+        return self.made_reader

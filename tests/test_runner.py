@@ -1,0 +1,204 @@
+"""The worker's loop on in-memory fakes: fetch, batch, score, send, commit, rebalance, switch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+from demo.models import install_model, make_mlp
+from schemas import headers as h
+from schemas.codec import decode_response, encode_request
+from schemas.control import DesiredState, encode_state
+from tests.fakes import FakeClients, FakeCluster
+from worker.runner import Worker
+from worker.settings import Settings
+
+IN, OUT, DLT, CONTROL = "requests", "results", "requests.DLT", "control"
+PARTITIONS = 2
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two versions of the MLP (FP32 x [N, 8]): 1 and 2 give different probabilities."""
+    root = tmp_path_factory.mktemp("models")
+    install_model(root, "mlp", "1", make_mlp)
+    install_model(root, "mlp", "2", make_mlp, scale=3.0)
+    return root
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    cluster = FakeCluster()
+    cluster.create(IN, PARTITIONS)
+    return cluster
+
+
+def settings_for(model_root: Path, **changes: object) -> Settings:
+    """A worker on the fake topics, serving the MLP, without a control topic unless told."""
+    values: dict[str, object] = {
+        "input_topic": IN,
+        "results_topic": OUT,
+        "control_topic": "",
+        "model_root": str(model_root),
+        "model_name": "mlp",
+        "max_batch_delay_ms": 1.0,
+        "commit_interval_ms": 5.0,
+        "worker_id": "w1",
+        "log_level": "warning",
+    }
+    return Settings(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def send_requests(cluster: FakeCluster, count: int, prefix: str = "r") -> list[str]:
+    """`count` one-row requests spread over the input partitions; their ids."""
+    rows = np.random.default_rng(0).random((count, 8), dtype=np.float32)
+    ids = [f"{prefix}{i}" for i in range(count)]
+    for i, request_id in enumerate(ids):
+        value = encode_request({"x": rows[i : i + 1]}, id=request_id)
+        cluster.append(IN, value, key=request_id.encode(), partition=i % PARTITIONS)
+    return ids
+
+
+def committed(cluster: FakeCluster, group: str = "streamscore") -> dict[int, int]:
+    return {tp.partition: offset for (g, tp), offset in cluster.committed.items() if g == group and tp.topic == IN}
+
+
+async def run_burst(model_root: Path, cluster: FakeCluster, *failures: tuple[str, BaseException, bool]) -> FakeClients:
+    """Run a burst-mode worker to its end; `failures`: (topic, error, raised at send) fail one send each."""
+    clients = FakeClients(cluster)
+    clients.producer_script.extend((topic, error, 1, at_send) for topic, error, at_send in failures)
+    clients.exit_code = await asyncio.wait_for(Worker(settings_for(model_root, burst=True), clients=clients).run(), 30)
+    return clients
+
+
+async def until(condition: object, timeout_s: float = 10.0) -> None:
+    """Wait until `condition()` holds (the worker runs meanwhile)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+async def test_burst_scores_every_record_and_commits_the_end(model_root: Path, cluster: FakeCluster) -> None:
+    """In burst mode the worker scores every request, dead-letters the bad one, commits the ends and exits 0."""
+    ids = send_requests(cluster, 40)
+    cluster.append(IN, b"not json", key=b"bad", partition=1)
+    worker = Worker(settings_for(model_root, burst=True), clients=FakeClients(cluster))
+
+    assert 0 == await asyncio.wait_for(worker.run(), 30)
+
+    assert sorted(ids) == sorted(decode_response(r.value).id for r in cluster.records(OUT))  # type: ignore[arg-type]
+    [letter] = cluster.records(DLT)
+    assert (b"bad", b"not json") == (letter.key, letter.value)
+    assert {0: 20, 1: 21} == committed(cluster)
+
+
+async def test_a_send_that_fails_then_succeeds_is_delivered_once(model_root: Path, cluster: FakeCluster) -> None:
+    """A result whose first send times out is sent again: one result, no dead letter, its offset committed."""
+    send_requests(cluster, 1)
+
+    clients = await run_burst(model_root, cluster, (OUT, KafkaTimeoutError(), False))
+
+    assert 0 == clients.exit_code
+    assert [(OUT, b"r0"), (OUT, b"r0")] == clients.made_producer.attempts  # type: ignore[union-attr]
+    assert ["r0"] == [decode_response(r.value).id for r in cluster.records(OUT)]  # type: ignore[arg-type]
+    assert [] == cluster.records(DLT)
+    assert {0: 1} == committed(cluster)
+
+
+async def test_a_result_refused_for_good_is_dead_lettered(model_root: Path, cluster: FakeCluster) -> None:
+    """A result the broker refuses (too large) becomes a produce-stage dead letter; the offset is committed."""
+    send_requests(cluster, 1)
+
+    clients = await run_burst(model_root, cluster, (OUT, MessageSizeTooLargeError(), True))
+
+    assert 0 == clients.exit_code
+    [letter] = cluster.records(DLT)
+    assert b"produce" == dict(letter.headers)[h.DLT_STAGE]
+    assert {0: 1} == committed(cluster)
+
+
+async def test_a_dead_letter_that_cannot_be_written_stops_the_worker_uncommitted(
+    model_root: Path, cluster: FakeCluster
+) -> None:
+    """When the dead-letter topic refuses for good, the worker exits 1 and commits nothing past the record."""
+    cluster.append(IN, b"not json", key=b"bad", partition=0)
+
+    clients = await run_burst(model_root, cluster, (DLT, MessageSizeTooLargeError(), True))
+
+    assert 1 == clients.exit_code
+
+    assert {} == committed(cluster)
+
+
+async def test_a_rebalance_mid_batch_finishes_and_commits_the_revoked_partition(
+    model_root: Path, cluster: FakeCluster
+) -> None:
+    """A rebalance comes while records wait in a batch: they are scored, acknowledged and committed
+    before the revocation returns; the worker keeps partition 1 and goes on from its committed offset."""
+    send_requests(cluster, 10)
+    clients = FakeClients(cluster)
+    worker = Worker(settings_for(model_root, max_batch_delay_ms=300.0, commit_interval_ms=60_000.0), clients=clients)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: worker.in_flight == 10)  # all fetched, waiting for the batch delay
+    assert [] == cluster.records(OUT)
+
+    consumer = clients.made_consumer
+    assert consumer is not None
+    revoked = await consumer.rebalance(keep={1})
+
+    assert {TopicPartition(IN, 0), TopicPartition(IN, 1)} == revoked
+    assert {0: 5, 1: 5} == committed(cluster)
+    assert 10 == len(cluster.records(OUT))
+    send_requests(cluster, 4, prefix="late")
+    await until(lambda: len(cluster.records(OUT)) == 12)
+    worker.request_stop()
+    assert 0 == await asyncio.wait_for(task, 30)
+    assert {0: 5, 1: 7} == committed(cluster)  # the late records of partition 0 belong to another member now
+
+
+async def test_backpressure_pauses_at_the_limit_and_resumes_at_half(model_root: Path, cluster: FakeCluster) -> None:
+    """With acknowledgements held, fetching pauses at max_in_flight; released, everything flows and is committed."""
+    send_requests(cluster, 30)
+    clients = FakeClients(cluster)
+    worker = Worker(settings_for(model_root, max_in_flight=8), clients=clients)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: clients.made_producer is not None and clients.made_consumer is not None)
+    producer, consumer = clients.made_producer, clients.made_consumer
+    assert producer is not None and consumer is not None
+    producer.hold()
+    await until(lambda: worker.flow.paused)
+
+    assert 8 == worker.in_flight
+    assert consumer.assignment() == consumer.paused()
+    producer.release()
+    await until(lambda: len(cluster.records(OUT)) >= 8)
+    await until(lambda: not worker.flow.paused)
+    assert set() == consumer.paused()
+    await until(lambda: len(cluster.records(OUT)) == 30)
+    worker.request_stop()
+    assert 0 == await asyncio.wait_for(task, 30)
+    assert {0: 15, 1: 15} == committed(cluster)
+
+
+async def test_a_promotion_switches_versions_between_batches(model_root: Path, cluster: FakeCluster) -> None:
+    """Requests before a promotion are scored by version 1, after it by version 2, each exactly once."""
+    cluster.append(CONTROL, encode_state(DesiredState("mlp", current="1")), key=b"mlp")
+    worker = Worker(settings_for(model_root, control_topic=CONTROL), clients=FakeClients(cluster))
+    task = asyncio.create_task(worker.run())
+    before = send_requests(cluster, 6, prefix="a")
+    await until(lambda: len(cluster.records(OUT)) == 6)
+
+    cluster.append(CONTROL, encode_state(DesiredState("mlp", current="1").promote("2")), key=b"mlp")
+    await until(lambda: worker.serving.switches == 1)
+    after = send_requests(cluster, 6, prefix="b")
+    await until(lambda: len(cluster.records(OUT)) == 12)
+    worker.request_stop()
+    assert 0 == await asyncio.wait_for(task, 30)
+
+    versions = {r.id: r.model_version for r in (decode_response(x.value) for x in cluster.records(OUT))}  # type: ignore[arg-type]
+    assert {i: "1" for i in before} | {i: "2" for i in after} == versions

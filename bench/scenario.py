@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bench import cluster, loops
 from bench.config import BenchConfig, Scenario
@@ -92,34 +93,19 @@ async def _check_outputs(bootstrap: str, partitions: int, outs: dict[str, str], 
 async def _latency_streamscore(
     scenario: Scenario, config: BenchConfig, bootstrap: str, model_root: Path, progress: Progress
 ) -> Latency:
-    topic, out = cluster.unique(f"{scenario.name}-trickle"), cluster.unique(f"{scenario.name}-trickle-ss")
-    await create_topics(bootstrap, [topic, out], config.partitions)
-    progress(f"{scenario.name}: latency of streamscore at {config.trickle_rate:g}/s")
+    topic, out = await _trickle_topics(scenario, config, bootstrap, "streamscore", progress)
     log = LatencyLog()
     settings = worker_settings(bootstrap, topic, out, cluster.unique("ss-trickle"), model_root)
     worker = TimedWorker(settings, scenario.rows_per_request, on_result=log.result)
     running = asyncio.create_task(worker.run())
-    try:
-        order = await trickle(
-            bootstrap,
-            topic,
-            _trickle_requests(scenario, config),
-            config.trickle_rate,
-            log,
-            lambda: wait_assigned(worker),
-        )
-    finally:
-        worker.request_stop()
-        await running
-    return log.summary(order)
+    assigned = lambda: wait_assigned(worker)  # noqa: E731
+    return await _trickle_to(running, worker.request_stop, assigned, log, scenario, config, topic, bootstrap)
 
 
 async def _latency_naive(
     scenario: Scenario, config: BenchConfig, bootstrap: str, model_path: Path, progress: Progress
 ) -> Latency:
-    topic, out = cluster.unique(f"{scenario.name}-trickle"), cluster.unique(f"{scenario.name}-trickle-naive")
-    await create_topics(bootstrap, [topic, out], config.partitions)
-    progress(f"{scenario.name}: latency of naive at {config.trickle_rate:g}/s")
+    topic, out = await _trickle_topics(scenario, config, bootstrap, "naive", progress)
     log, stop, assigned = LatencyLog(), asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(
         loops.run_naive(
@@ -134,14 +120,36 @@ async def _latency_naive(
             assigned=assigned,
         )
     )
+    return await _trickle_to(running, stop.set, assigned.wait, log, scenario, config, topic, bootstrap)
+
+
+async def _trickle_to(
+    running: asyncio.Task[Any],
+    stop: Callable[[], None],
+    assigned: Callable[[], Awaitable[Any]],
+    log: LatencyLog,
+    scenario: Scenario,
+    config: BenchConfig,
+    topic: str,
+    bootstrap: str,
+) -> Latency:
+    """Trickle requests into `topic` once the contender is assigned; stop it; the latencies it logged."""
     try:
-        order = await trickle(
-            bootstrap, topic, _trickle_requests(scenario, config), config.trickle_rate, log, assigned.wait
-        )
+        order = await trickle(bootstrap, topic, _trickle_requests(scenario, config), config.trickle_rate, log, assigned)
     finally:
-        stop.set()
+        stop()
         await running
     return log.summary(order)
+
+
+async def _trickle_topics(
+    scenario: Scenario, config: BenchConfig, bootstrap: str, contender: str, progress: Progress
+) -> tuple[str, str]:
+    """Fresh input and output topics for one contender's latency run."""
+    topic, out = cluster.unique(f"{scenario.name}-trickle"), cluster.unique(f"{scenario.name}-trickle-{contender}")
+    await create_topics(bootstrap, [topic, out], config.partitions)
+    progress(f"{scenario.name}: latency of {contender} at {config.trickle_rate:g}/s")
+    return topic, out
 
 
 def _trickle_requests(scenario: Scenario, config: BenchConfig) -> list[tuple[bytes, bytes]]:

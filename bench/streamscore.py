@@ -63,14 +63,8 @@ class TimedWorker(Worker):
 
 def worker_settings(bootstrap: str, topic: str, out_topic: str, group: str, model_root: Path) -> Settings:
     """Default settings but for the topics, the group and the model."""
-    return Settings(
-        bootstrap_servers=bootstrap,
-        input_topic=topic,
-        results_topic=out_topic,
-        group_id=group,
-        model_root=str(model_root),
-        model_name=MODEL_NAME,
-        log_level="warning",
+    return Settings(bootstrap_servers=bootstrap, input_topic=topic, results_topic=out_topic, group_id=group).replace(
+        model_root=str(model_root), model_name=MODEL_NAME, log_level="warning"
     )
 
 

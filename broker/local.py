@@ -13,7 +13,7 @@ started it. Everything lives under one folder (default `.kafka/`, git-ignored):
 
 The configuration (ports, optional SASL and TLS listeners, users, certificates) and the
 server.properties it becomes are in `broker/config.py`; errors are in `broker/errors.py`;
-creating topics is in `broker/topics.py`.
+creating topics is `transport.admin.create_topics`.
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import suppress
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
@@ -27,9 +26,10 @@ from aiokafka.errors import KafkaError
 
 from schemas import headers as h
 from schemas.codec import encode_request
-from schemas.errors import BrokerUnavailableError, ConfigError, ProduceError
+from schemas.errors import ConfigError, ProduceError
 from schemas.tensors import DATATYPES, Tensor, as_tensor
-from transport.connection import Connection
+from transport.connection import Connection, start_client
+from transport.seams import Producer
 
 DEFAULT_INPUT_NAME = "x"
 DEFAULT_LINGER_MS = 5
@@ -39,24 +39,6 @@ _IDS_SHOWN = 10
 
 HeaderInput = Mapping[str, str | bytes] | Sequence[tuple[str, bytes]] | None
 Headers = list[tuple[str, bytes]]
-
-
-class KafkaSender(Protocol):
-    """The part of `aiokafka.AIOKafkaProducer` this module uses (a fake stands in for tests)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: Headers | None = None,
-    ) -> asyncio.Future[Any]: ...
 
 
 def make_ids(prefix: str, first_row: int, rows: int, rows_per_request: int) -> list[str]:
@@ -85,7 +67,7 @@ class FeatureProducer:
         id_prefix: str | None = None,
         linger_ms: int = DEFAULT_LINGER_MS,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        producer: KafkaSender | None = None,
+        producer: Producer | None = None,
         **kafka_options: Any,
     ) -> None:
         if datatype is not None and datatype not in DATATYPES:
@@ -119,15 +101,7 @@ class FeatureProducer:
         if not self._owns_producer or self._producer is not None:
             return
         producer = AIOKafkaProducer(**self._client_options)
-        try:
-            await producer.start()
-        except KafkaError as error:
-            with suppress(Exception):
-                await producer.stop()
-            raise BrokerUnavailableError(
-                f"cannot reach the Kafka broker at {self._bootstrap_servers} ({error}); "
-                "check the bootstrap address and that the broker is running"
-            ) from error
+        await start_client(producer, self._bootstrap_servers)
         self._producer = producer
 
     async def stop(self) -> None:
@@ -249,7 +223,7 @@ class FeatureProducer:
         await window.add(key, future)
         return not window.failed
 
-    def _started(self) -> KafkaSender:
+    def _started(self) -> Producer:
         if self._producer is None:
             raise RuntimeError("FeatureProducer is not started: use `async with` or await start()")
         return self._producer

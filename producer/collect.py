@@ -29,7 +29,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -40,10 +39,10 @@ from aiokafka.errors import KafkaError
 from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, add_connection_flags, positive_int, quiet_client_logs
 from producer.files import ReadyRequest, read_chunks
 from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
-from schemas.errors import BrokerUnavailableError, ConfigError, TransientError
+from schemas.errors import ConfigError, TransientError
 from schemas.records import Record
 from schemas.topics import DEFAULT_INPUT_TOPIC, DEFAULT_RESULTS_TOPIC, dead_letter_topic_of
-from transport.connection import DEFAULT_BOOTSTRAP_SERVERS, Connection
+from transport.connection import DEFAULT_BOOTSTRAP_SERVERS, Connection, start_client
 
 PROG = "streamscore collect"
 DEFAULT_TIMEOUT_S = 60.0
@@ -183,14 +182,7 @@ async def _start_consumer(options: CollectOptions) -> AIOKafkaConsumer:
         client_id="streamscore-collect",
         **Connection(bootstrap_servers=options.bootstrap_servers, **options.connection).kafka_options(),
     )
-    try:
-        await consumer.start()
-    except KafkaError as error:
-        with suppress(Exception):
-            await consumer.stop()
-        raise BrokerUnavailableError(
-            f"cannot reach the Kafka broker at {options.bootstrap_servers} ({error})"
-        ) from error
+    await start_client(consumer, options.bootstrap_servers)
     return consumer
 
 

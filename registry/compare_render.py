@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -30,19 +31,10 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 
 def output_dict(output: OutputReport) -> dict[str, Any]:
-    """One output's comparison as plain data."""
-    return {
-        "kind": output.kind,
-        "requests": output.requests,
-        "disagreeing": output.disagreeing,
-        "mismatched": output.mismatched,
-        "max_abs_diff": output.max_abs_diff,
-        "mean_abs_diff": output.mean_abs_diff,
-        "p99_abs_diff": output.p99_abs_diff,
-        "labels": output.labels,
-        "labels_agreeing": output.labels_agreeing,
-        "label_agreement": output.label_agreement,
-    }
+    """One output's comparison as plain data (its fields but the name, and the label agreement)."""
+    body = dataclasses.asdict(output)
+    del body["name"]
+    return {**body, "label_agreement": output.label_agreement}
 
 
 def render_table(report: Report, model: str, results_topic: str, shadow_topic: str) -> str:

@@ -4,7 +4,7 @@
 
     1. transform   quantize (pre-process, then quantize_dynamic or quantize_static), then
                    onnxruntime's offline graph optimization at the chosen level
-    2. measure     run parent and candidate with `worker.model.load_model` (ZipMap outputs become
+    2. measure     run parent and candidate with `artifacts.runtime.load_model` (ZipMap outputs become
                    [rows, classes] tensors) on the same sample; sizes, interleaved latency, and per
                    output the max/mean absolute difference and the label agreement (`registry/measure.py`)
     3. judge       pure: refuse if a float output moves more than the tolerance, or a label

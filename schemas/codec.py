@@ -6,7 +6,7 @@ the JSON header, inputs in order; the header's length travels in the record head
 `inference-header-content-length` (the name Triton uses over HTTP).
 
 Decoding checks what the request says about itself (JSON, names, shapes, datatypes, limits);
-checking it against a model's signature is the worker's job (`worker.signature`).
+checking it against a model's signature is `artifacts.signature`'s job.
 """
 
 from __future__ import annotations

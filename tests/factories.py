@@ -22,16 +22,7 @@ def make_record(
     timestamp_type: int = 0,
 ) -> InputRecord:
     """An input record with sensible defaults."""
-    return InputRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        value=value,
-        key=key,
-        headers=tuple(headers),
-        timestamp=timestamp,
-        timestamp_type=timestamp_type,
-    )
+    return InputRecord(topic, partition, offset, value, key, tuple(headers), timestamp, timestamp_type)
 
 
 def v2_input(name: str, datatype: str, shape: list[int], data: Any, **extra: Any) -> dict[str, Any]:

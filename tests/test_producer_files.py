@@ -201,15 +201,9 @@ class FakeSender:
         pass
 
     async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, **more: Any
     ) -> asyncio.Future[Any]:
-        self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
+        self.sent.append({"topic": topic, "value": value, "key": key, "headers": more.get("headers")})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if key in self.fail_keys:
             future.set_exception(RuntimeError("NotLeaderForPartition"))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from schemas.config import setting_name
-from schemas.errors import ConfigError
+from schemas.errors import BrokerUnavailableError, ConfigError
+from transport.seams import Client
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -63,3 +67,16 @@ class Connection:
 
 
 CONNECTION_FIELDS = tuple(item.name for item in dataclasses.fields(Connection))
+
+
+async def start_client(client: Client, bootstrap_servers: str) -> None:
+    """Start a client once; if the broker cannot be reached, stop it and raise BrokerUnavailableError."""
+    try:
+        await client.start()
+    except KafkaError as error:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise BrokerUnavailableError(
+            f"cannot reach the Kafka broker at {bootstrap_servers} ({error}); "
+            "check the bootstrap address and that the broker is running"
+        ) from error

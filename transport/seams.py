@@ -40,16 +40,6 @@ class Producer(Client, Protocol):
         headers: Headers | None = None,
     ) -> asyncio.Future[Any]: ...
 
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: Headers | None = None,
-    ) -> Any: ...
-
 
 class Fetcher(Client, Protocol):
     """What every consumer does: fetch, and say where it stands."""

@@ -31,21 +31,7 @@ def dead_letter_headers(
 
     `model` is (name, version, sha256) of the model the record was meant for, if known.
     """
-    out: list[tuple[str, bytes]] = list(record.headers or ())
-    out += [
-        (h.DLT_ORIGINAL_TOPIC, record.topic.encode()),
-        (h.DLT_ORIGINAL_PARTITION, h.encode_int(record.partition)),
-        (h.DLT_ORIGINAL_OFFSET, h.encode_long(record.offset)),
-        (h.DLT_ORIGINAL_TIMESTAMP, h.encode_long(record.timestamp)),
-        (h.DLT_ORIGINAL_TIMESTAMP_TYPE, h.TIMESTAMP_TYPES.get(record.timestamp_type, "CreateTime").encode()),
-        (h.DLT_ORIGINAL_CONSUMER_GROUP, group_id.encode()),
-        (h.DLT_EXCEPTION_FQCN, fqcn(error).encode()),
-        (h.DLT_EXCEPTION_MESSAGE, str(error).encode()),
-        (h.DLT_EXCEPTION_STACKTRACE, _stacktrace(error)),
-    ]
-    cause = error.__cause__
-    if cause is not None:
-        out.append((h.DLT_EXCEPTION_CAUSE_FQCN, fqcn(cause).encode()))
+    out = [*(record.headers or ()), *_spring_headers(record, error, group_id)]
     out += [
         (h.DLT_STAGE, stage.encode()),
         (h.DLT_ERROR, type(error).__name__.encode()),
@@ -59,6 +45,24 @@ def dead_letter_headers(
             (h.DLT_MODEL_VERSION, version.encode()),
             (h.DLT_MODEL_SHA256, sha256.encode()),
         ]
+    return out
+
+
+def _spring_headers(record: Record, error: BaseException, group_id: str) -> list[tuple[str, bytes]]:
+    """Spring Kafka's `kafka_dlt-*` headers, in its encodings."""
+    out = [
+        (h.DLT_ORIGINAL_TOPIC, record.topic.encode()),
+        (h.DLT_ORIGINAL_PARTITION, h.encode_int(record.partition)),
+        (h.DLT_ORIGINAL_OFFSET, h.encode_long(record.offset)),
+        (h.DLT_ORIGINAL_TIMESTAMP, h.encode_long(record.timestamp)),
+        (h.DLT_ORIGINAL_TIMESTAMP_TYPE, h.TIMESTAMP_TYPES.get(record.timestamp_type, "CreateTime").encode()),
+        (h.DLT_ORIGINAL_CONSUMER_GROUP, group_id.encode()),
+        (h.DLT_EXCEPTION_FQCN, fqcn(error).encode()),
+        (h.DLT_EXCEPTION_MESSAGE, str(error).encode()),
+        (h.DLT_EXCEPTION_STACKTRACE, _stacktrace(error)),
+    ]
+    if error.__cause__ is not None:
+        out.append((h.DLT_EXCEPTION_CAUSE_FQCN, fqcn(error.__cause__).encode()))
     return out
 
 

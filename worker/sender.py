@@ -72,7 +72,7 @@ class Sender:
 
         async def send() -> None:
             try:
-                await producer.send_and_wait(topic, value=value, key=key)
+                await (await producer.send(topic, value=value, key=key))
             except Exception as error:
                 log.warning("status_not_published", topic=topic, error=repr(error))
 

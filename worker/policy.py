@@ -39,7 +39,7 @@ class RetryPolicy:
         """
         if resend <= 1:
             return 0.0
-        return min(self.cap_s, self.base_s * 2.0 ** (resend - 2) + self.jitter_s * unit)
+        return min(self.cap_s, self.base_s * 2.0 ** min(resend - 2, 64) + self.jitter_s * unit)  # no overflow
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,3 +34,25 @@ def v2_input(name: str, datatype: str, shape: list[int], data: Any, **extra: Any
 def v2_body(*inputs: dict[str, Any], **extra: Any) -> bytes:
     """A V2 request body (JSON bytes) holding `inputs`."""
     return orjson.dumps({"inputs": list(inputs), **extra})
+
+
+def make_mlp_registry(folder: Path) -> Path:
+    """A registry under `folder` with mlp versions 1, 2 and 3 (pushed: sha256 checked at load)."""
+    from artifacts.registry import Registry
+    from demo.models import make_mlp
+    from registry.push import push_model
+
+    registry = Registry.at(folder / "registry")
+    for version in ("1", "2", "3"):
+        push_model(registry, make_mlp(folder / f"{version}.onnx", scale=float(version)), name="mlp", version=version)
+    return folder / "registry"
+
+
+def flip_byte(root: Path, version: str, name: str = "mlp") -> bytes:
+    """Flip one byte in the middle of a version's stored artifact; its content before."""
+    artifact = next((root / name / version).glob("model.onnx*"))
+    before = artifact.read_bytes()
+    data = bytearray(before)
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    return before

@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 import worker.serving
-from artifacts.registry import Registry
-from demo.models import make_mlp
-from registry.push import push_model
 from schemas.control import Canary, DesiredState, WorkerStatus, decode_status
+from tests.factories import flip_byte, make_mlp_registry
 from worker.serving import Serving
 from worker.store import ModelStore
 
@@ -49,10 +47,7 @@ class Logs:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A registry with mlp versions 1, 2 and 3 (sha256 checked at load)."""
-    registry = Registry.at(tmp_path / "registry")
-    for version in ("1", "2", "3"):
-        push_model(registry, make_mlp(tmp_path / f"{version}.onnx", scale=float(version)), name="mlp", version=version)
-    return tmp_path / "registry"
+    return make_mlp_registry(tmp_path)
 
 
 @pytest.fixture
@@ -76,16 +71,6 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Logs:
     logs = Logs()
     monkeypatch.setattr(worker.serving, "log", logs)
     return logs
-
-
-def flip_byte(root: Path, version: str) -> bytes:
-    """Flip one byte in the middle of a version's stored artifact; its content before."""
-    artifact = next((root / "mlp" / version).glob("model.onnx*"))
-    before = artifact.read_bytes()
-    data = bytearray(before)
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
-    return before
 
 
 def restore(root: Path, version: str, content: bytes) -> None:

@@ -12,6 +12,7 @@ from demo.models import make_mlp
 from registry.push import push_model
 from schemas.control import DesiredState
 from schemas.errors import ModelLoadError, ModelNotFoundError
+from tests.factories import flip_byte, make_mlp_registry
 from worker.lineup import Chosen, Lineup
 from worker.serving import Serving
 from worker.store import ModelStore
@@ -20,18 +21,7 @@ from worker.store import ModelStore
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A registry with mlp versions 1, 2 (stored uncompressed or gzip, as push decides) and 3."""
-    registry = Registry.at(tmp_path / "registry")
-    for version in ("1", "2", "3"):
-        push_model(registry, make_mlp(tmp_path / f"{version}.onnx", scale=float(version)), name="mlp", version=version)
-    return tmp_path / "registry"
-
-
-def corrupt(root: Path, version: str) -> None:
-    """Flip one byte in the middle of a version's stored artifact."""
-    artifact = next((root / "mlp" / version).glob("model.onnx*"))
-    data = bytearray(artifact.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    artifact.write_bytes(bytes(data))
+    return make_mlp_registry(tmp_path)
 
 
 @pytest.mark.parametrize("compress", [True, False], ids=["gzip", "plain"])
@@ -51,7 +41,7 @@ def test_a_flipped_byte_in_the_stored_artifact_is_refused(tmp_path: Path, compre
 
 def test_a_refused_version_is_remembered_and_the_next_highest_serves(root: Path) -> None:
     """The highest version is corrupted: loading it fails once, and resolution falls back to 2."""
-    corrupt(root, "3")
+    flip_byte(root, "3")
     store = ModelStore(root, default_name="mlp")
 
     with pytest.raises(ModelLoadError):

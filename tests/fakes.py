@@ -254,11 +254,14 @@ class FakeClients:
         self.made_reader: FakeReader | None = None
         self.producer_script: list[tuple[str, BaseException, int, bool]] = []  # fail(...) on the producer made
         self.exit_code: int | None = None  # for a test to keep the worker's exit code beside its clients
+        self.hold_acks = False  # the producer made holds acknowledgements from the start
 
     def producer(self, settings: Settings) -> FakeProducer:
         self.made_producer = FakeProducer(self.cluster)
         for topic, error, times, at_send in self.producer_script:
             self.made_producer.fail(topic, error, times, at_send=at_send)
+        if self.hold_acks:
+            self.made_producer.hold()
         return self.made_producer
 
     def consumer(self, settings: Settings, on_revoked: OnRevoked) -> FakeConsumer:

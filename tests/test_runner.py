@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ def settings_for(model_root: Path, **changes: object) -> Settings:
         "max_batch_delay_ms": 1.0,
         "commit_interval_ms": 5.0,
         "worker_id": "w1",
+        "shutdown_grace_s": 5.0,
         "log_level": "warning",
     }
     return Settings(**{**values, **changes})  # type: ignore[arg-type]
@@ -74,6 +77,22 @@ async def run_burst(model_root: Path, cluster: FakeCluster, *failures: tuple[str
     clients.producer_script.extend((topic, error, 1, at_send) for topic, error, at_send in failures)
     clients.exit_code = await asyncio.wait_for(Worker(settings_for(model_root, burst=True), clients=clients).run(), 30)
     return clients
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, clients: FakeClients) -> AsyncIterator[list[int]]:
+    """Run `worker` for the block; then stop it (releasing held acks) and keep its exit code.
+
+    The worker is stopped even when the block fails, so a failed test never leaves it running."""
+    code: list[int] = []
+    task = asyncio.create_task(worker.run())
+    try:
+        yield code
+    finally:
+        worker.request_stop()
+        if clients.made_producer is not None:
+            clients.made_producer.release()
+        code.append(await asyncio.wait_for(task, 30))
 
 
 async def until(condition: object, timeout_s: float = 10.0) -> None:
@@ -143,21 +162,20 @@ async def test_a_rebalance_mid_batch_finishes_and_commits_the_revoked_partition(
     send_requests(cluster, 10)
     clients = FakeClients(cluster)
     worker = Worker(settings_for(model_root, max_batch_delay_ms=300.0, commit_interval_ms=60_000.0), clients=clients)
-    task = asyncio.create_task(worker.run())
-    await until(lambda: worker.in_flight == 10)  # all fetched, waiting for the batch delay
-    assert [] == cluster.records(OUT)
+    async with running(worker, clients) as code:
+        await until(lambda: worker.in_flight == 10)  # all fetched, waiting for the batch delay
+        assert [] == cluster.records(OUT)
 
-    consumer = clients.made_consumer
-    assert consumer is not None
-    revoked = await consumer.rebalance(keep={1})
+        consumer = clients.made_consumer
+        assert consumer is not None
+        revoked = await consumer.rebalance(keep={1})
 
-    assert {TopicPartition(IN, 0), TopicPartition(IN, 1)} == revoked
-    assert {0: 5, 1: 5} == committed(cluster)
-    assert 10 == len(cluster.records(OUT))
-    send_requests(cluster, 4, prefix="late")
-    await until(lambda: len(cluster.records(OUT)) == 12)
-    worker.request_stop()
-    assert 0 == await asyncio.wait_for(task, 30)
+        assert {TopicPartition(IN, 0), TopicPartition(IN, 1)} == revoked
+        assert {0: 5, 1: 5} == committed(cluster)
+        assert 10 == len(cluster.records(OUT))
+        send_requests(cluster, 4, prefix="late")
+        await until(lambda: len(cluster.records(OUT)) == 12)
+    assert [0] == code
     assert {0: 5, 1: 7} == committed(cluster)  # the late records of partition 0 belong to another member now
 
 
@@ -165,40 +183,37 @@ async def test_backpressure_pauses_at_the_limit_and_resumes_at_half(model_root: 
     """With acknowledgements held, fetching pauses at max_in_flight; released, everything flows and is committed."""
     send_requests(cluster, 30)
     clients = FakeClients(cluster)
+    clients.hold_acks = True
     worker = Worker(settings_for(model_root, max_in_flight=8), clients=clients)
-    task = asyncio.create_task(worker.run())
-    await until(lambda: clients.made_producer is not None and clients.made_consumer is not None)
-    producer, consumer = clients.made_producer, clients.made_consumer
-    assert producer is not None and consumer is not None
-    producer.hold()
-    await until(lambda: worker.flow.paused)
+    async with running(worker, clients) as code:
+        await until(lambda: worker.flow.paused)
+        producer, consumer = clients.made_producer, clients.made_consumer
+        assert producer is not None and consumer is not None
 
-    assert 8 == worker.in_flight
-    assert consumer.assignment() == consumer.paused()
-    producer.release()
-    await until(lambda: len(cluster.records(OUT)) >= 8)
-    await until(lambda: not worker.flow.paused)
-    assert set() == consumer.paused()
-    await until(lambda: len(cluster.records(OUT)) == 30)
-    worker.request_stop()
-    assert 0 == await asyncio.wait_for(task, 30)
+        assert 8 == worker.in_flight
+        assert consumer.assignment() == consumer.paused()
+        producer.release()
+        await until(lambda: len(cluster.records(OUT)) == 30)
+        await until(lambda: not worker.flow.paused)  # nothing left to fetch: no pause can follow
+        assert set() == consumer.paused()
+    assert [0] == code
     assert {0: 15, 1: 15} == committed(cluster)
 
 
 async def test_a_promotion_switches_versions_between_batches(model_root: Path, cluster: FakeCluster) -> None:
     """Requests before a promotion are scored by version 1, after it by version 2, each exactly once."""
     cluster.append(CONTROL, encode_state(DesiredState("mlp", current="1")), key=b"mlp")
-    worker = Worker(settings_for(model_root, control_topic=CONTROL), clients=FakeClients(cluster))
-    task = asyncio.create_task(worker.run())
-    before = send_requests(cluster, 6, prefix="a")
-    await until(lambda: len(cluster.records(OUT)) == 6)
+    clients = FakeClients(cluster)
+    worker = Worker(settings_for(model_root, control_topic=CONTROL), clients=clients)
+    async with running(worker, clients) as code:
+        before = send_requests(cluster, 6, prefix="a")
+        await until(lambda: len(cluster.records(OUT)) == 6)
 
-    cluster.append(CONTROL, encode_state(DesiredState("mlp", current="1").promote("2")), key=b"mlp")
-    await until(lambda: worker.serving.switches == 1)
-    after = send_requests(cluster, 6, prefix="b")
-    await until(lambda: len(cluster.records(OUT)) == 12)
-    worker.request_stop()
-    assert 0 == await asyncio.wait_for(task, 30)
+        cluster.append(CONTROL, encode_state(DesiredState("mlp", current="1").promote("2")), key=b"mlp")
+        await until(lambda: worker.serving.switches == 1)
+        after = send_requests(cluster, 6, prefix="b")
+        await until(lambda: len(cluster.records(OUT)) == 12)
+    assert [0] == code
 
     versions = {r.id: r.model_version for r in (decode_response(x.value) for x in cluster.records(OUT))}  # type: ignore[arg-type]
     assert {i: "1" for i in before} | {i: "2" for i in after} == versions

@@ -9,23 +9,14 @@ from typing import Any
 import orjson
 
 from schemas.errors import ConfigError
+from schemas.names import NAME_PATTERN as NAME_PATTERN
+from schemas.names import check_name as check_name
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"  # a version's artifact, stored as it is
 GZIP_FILE = "model.onnx.gz"  # the artifact, gzip-compressed
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
-
-
-def check_name(what: str, value: str) -> str:
-    """A model name or version that is safe as a folder name, or ConfigError."""
-    if not NAME_PATTERN.match(value):
-        raise ConfigError(
-            f"{what} {value!r} is not valid: use letters, digits, '.', '_' and '-' (at most 128, "
-            "starting with a letter or digit)"
-        )
-    return value
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

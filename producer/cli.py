@@ -43,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `produce` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "produce",
+        allow_abbrev=False,  # `--sasl-password` must not pass for `--sasl-password-file`
         help="publish the rows of a CSV, JSON Lines or .npy file as V2 inference requests",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
@@ -68,6 +69,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--security-protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     parser.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     parser.add_argument("--sasl-username")
+    parser.add_argument("--sasl-password-file", help="a file holding the SASL password (or STREAMSCORE_SASL_PASSWORD)")
     parser.add_argument("--ssl-cafile")
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")

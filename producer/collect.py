@@ -215,6 +215,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `collect` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "collect",
+        allow_abbrev=False,  # `--sasl-password` must not pass for `--sasl-password-file`
         help="gather the results and dead letters of a produced batch into a .jsonl or .csv file",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )

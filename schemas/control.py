@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import ConfigError
+from schemas.names import check_name
 
 
 def now() -> str:
@@ -121,19 +122,58 @@ def encode_state(state: DesiredState) -> bytes:
 
 
 def decode_state(raw: bytes) -> DesiredState:
-    """A state from a control record; ConfigError if it is not one."""
+    """The state a control record holds; ConfigError saying what is wrong when it is not a valid one.
+
+    Names and versions must be valid names, a canary's weight a number between 0 and 1 (exclusive);
+    fields this version does not know are ignored, so that older workers read newer records.
+    """
     try:
         body = orjson.loads(raw)
-        canary = body.pop("canary", None)
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"unreadable control record: not JSON ({error})") from None
+    if not isinstance(body, dict):
+        raise ConfigError(f"unreadable control record: a JSON object was expected, got {type(body).__name__}")
+    try:
         return DesiredState(
-            **{
-                **body,
-                "previous": tuple(body.get("previous", ())),
-                "canary": Canary(**canary) if canary else None,
-            }
+            model=check_name("model name", body.get("model")),
+            current=_version(body.get("current"), "current"),
+            previous=tuple(check_name("previous version", v) for v in _list(body.get("previous"), "previous")),
+            canary=_canary(body.get("canary")),
+            shadow=_version(body.get("shadow"), "shadow"),
+            **{name: _text(body.get(name), name) for name in ("updated_at", "by", "change")},
         )
-    except (orjson.JSONDecodeError, TypeError) as error:
-        raise ConfigError(f"unreadable control record: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"invalid control record: {error}") from None
+
+
+def _version(value: object, what: str) -> str | None:
+    return None if value is None else check_name(f"{what} version", value)
+
+
+def _list(value: object, what: str) -> list[object]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{what} must be a list of versions, got {value!r}")
+    return value
+
+
+def _canary(value: object) -> Canary | None:
+    if value is None:
+        return None
+    fields = value if isinstance(value, dict) else {}
+    weight = fields.get("weight")
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0.0 < weight < 1.0:
+        raise ConfigError(f"a canary is {{version, weight}} with a weight between 0 and 1 (exclusive), got {value!r}")
+    return Canary(check_name("canary version", fields.get("version")), float(weight))
+
+
+def _text(value: object, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be text, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,7 +197,8 @@ def encode_status(status: WorkerStatus) -> bytes:
 
 
 def decode_status(raw: bytes) -> WorkerStatus:
+    """The status a status record holds; ConfigError when it is not one."""
     try:
         return WorkerStatus(**orjson.loads(raw))
-    except (orjson.JSONDecodeError, TypeError) as error:
+    except (orjson.JSONDecodeError, TypeError, ValueError) as error:
         raise ConfigError(f"unreadable status record: {error}") from None

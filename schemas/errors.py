@@ -13,7 +13,10 @@
     │                               (too large, invalid); the input is dead-lettered instead
     ├── ModelLoadError              a model file is missing, unreadable or not runnable
     ├── ConfigError                 a setting is missing or invalid; fix the environment or flags
-    └── FatalError                  the worker must stop without committing (dead letter lost)
+    └── FatalError                  the worker must stop; what it has not acknowledged stays
+        │                           uncommitted (exit 1: the supervisor starts it again)
+        └── NotAuthorizedError      the broker refuses an operation for want of an ACL (exit 2:
+                                    restarting would not help; the message names topic and ACL)
 
 `retriable` says whether retrying the same operation can help; the retry policy is
 `retry_if_exception(lambda e: getattr(e, "retriable", False))`. `stage` says where a
@@ -90,4 +93,13 @@ class ConfigError(StreamscoreError):
 
 
 class FatalError(StreamscoreError):
-    """The worker cannot keep its promise (a dead letter was not written); it stops uncommitted."""
+    """The worker cannot keep its promise (a dead letter refused for good); it stops, and every offset
+    after the record that failed stays uncommitted."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class NotAuthorizedError(FatalError):
+    """The broker refuses a write, read or commit for want of an ACL; the message names topic and operation."""
+
+    exit_code = 2

@@ -48,6 +48,13 @@ DLT_WORKER = "streamscore-dlt-worker"
 DLT_MODEL = "streamscore-dlt-model"
 DLT_MODEL_VERSION = "streamscore-dlt-model-version"
 DLT_MODEL_SHA256 = "streamscore-dlt-model-sha256"
+# When the dead letter cannot carry all of the original record (larger than the dead-letter topic
+# allows, or a tombstone): what was left out, its size, and why. The original stays at its
+# topic, partition and offset (the kafka_dlt-original-* headers).
+DLT_VALUE_OMITTED = "streamscore-dlt-value-omitted"
+DLT_HEADERS_OMITTED = "streamscore-dlt-headers-omitted"
+DLT_KEY_OMITTED = "streamscore-dlt-key-omitted"
+DLT_TOMBSTONE = "streamscore-dlt-tombstone"  # the original value was null (written as empty bytes)
 
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 

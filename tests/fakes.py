@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from schemas.records import InputRecord
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from transport.seams import Headers, OnRevoked
 from worker.settings import Settings
 
@@ -34,6 +36,11 @@ class FakeCluster:
     topics: dict[str, list[list[InputRecord]]] = field(default_factory=dict)
     committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    max_message_bytes: dict[str, int] = field(default_factory=dict)  # a topic's limit (default: Kafka's)
+
+    def limit(self, topic: str) -> int:
+        """The largest record `topic` takes."""
+        return self.max_message_bytes.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
 
     def create(self, topic: str, partitions: int = 1) -> None:
         """Create `topic` unless it exists."""
@@ -73,12 +80,18 @@ class _Failure:
 
 
 class FakeProducer:
-    """A producer that appends to the cluster; scripted failures and held acknowledgements."""
+    """A producer that appends to the cluster; scripted failures and held acknowledgements.
 
-    def __init__(self, cluster: FakeCluster) -> None:
+    As aiokafka's, it refuses at `send` a record over `max_request_size`; as the broker, it fails
+    the acknowledgement of a record over its topic's limit (MessageSizeTooLargeError).
+    """
+
+    def __init__(self, cluster: FakeCluster, max_request_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.cluster = cluster
+        self.max_request_size = max_request_size
         self.started = False
         self.attempts: list[tuple[str, bytes | None]] = []  # every send, failed ones too: (topic, key)
+        self.on_send: Callable[[], None] | None = None  # called at the start of every send
         self._failures: dict[str, list[_Failure]] = defaultdict(list)
         self._held: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] | None = None
 
@@ -108,12 +121,21 @@ class FakeProducer:
         """Hand a record over (`more`: partition, headers); the future is its acknowledgement."""
         partition, headers = more.get("partition"), more.get("headers")
         self.attempts.append((topic, key))
+        if self.on_send is not None:
+            self.on_send()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if value is None and key is None:
+            raise AssertionError("Need at least one: key or value")  # as aiokafka asserts
+        size = record_size(key, value, headers or ())
+        if size > self.max_request_size:
+            raise MessageSizeTooLargeError(f"The message is {size} bytes when serialized")
         failure = self._next_failure(topic)
         if failure is not None and failure.at_send:
             raise failure.error
         if failure is not None:
             future.set_exception(failure.error)
+        elif size > self.cluster.limit(topic):
+            future.set_exception(MessageSizeTooLargeError(f"{size} bytes over {topic}'s max.message.bytes"))
         elif self._held is not None:
             self._held.append((future, (topic, value, key, partition, headers)))
         else:
@@ -256,8 +278,11 @@ class FakeClients:
         self.exit_code: int | None = None  # for a test to keep the worker's exit code beside its clients
         self.hold_acks = False  # the producer made holds acknowledgements from the start
 
-    def producer(self, settings: Settings) -> FakeProducer:
-        self.made_producer = FakeProducer(self.cluster)
+    async def limits(self, settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+        return {topic: self.cluster.limit(topic) for topic in topics}
+
+    def producer(self, settings: Settings, limits: Mapping[str, int]) -> FakeProducer:
+        self.made_producer = FakeProducer(self.cluster, max(limits.values(), default=DEFAULT_MAX_MESSAGE_BYTES))
         for topic, error, times, at_send in self.producer_script:
             self.made_producer.fail(topic, error, times, at_send=at_send)
         if self.hold_acks:

@@ -35,18 +35,28 @@ class Out:
     partition: int | None = None
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[Out]) -> None:
-    """Produce records and wait until the broker acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce(bootstrap: str, topic: str, records: Iterable[Out], **options: Any) -> None:
+    """Produce records and wait until the broker acknowledged all of them.
+
+    `options` go to the producer (`compression_type`, `max_request_size`, ...). A record with
+    neither key nor value (a tombstone, as `kcat -Z` sends it) goes in a batch of its own: aiokafka's
+    `send` refuses one.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **options)
     await producer.start()
     try:
-        futures = [
-            await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition)
-            for r in records
-        ]
+        futures = [await _send(producer, topic, r) for r in records]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, r: Out) -> asyncio.Future[Any]:
+    if r.key is None and r.value is None:
+        batch = producer.create_batch()
+        batch.append(key=None, value=None, timestamp=None, headers=list(r.headers))
+        return await producer.send_batch(batch, topic, partition=r.partition or 0)  # type: ignore[no-any-return]
+    return await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers), partition=r.partition)
 
 
 async def read_topic(
@@ -141,8 +151,11 @@ def worker_env(settings: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `streamscore worker` as a subprocess, its logs in `log_path`."""
+def start_worker(settings: dict[str, Any], log_path: Path, *, new_session: bool = False) -> subprocess.Popen[bytes]:
+    """Start `streamscore worker` as a subprocess, its logs in `log_path`.
+
+    `new_session`: in a process group of its own (whose id is its pid), so a test can signal the group.
+    """
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "streamscore", "worker"],
@@ -150,6 +163,7 @@ def start_worker(settings: dict[str, Any], log_path: Path) -> subprocess.Popen[b
             env=worker_env(settings),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
 
 

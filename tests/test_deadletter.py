@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from schemas import headers as h
-from schemas.errors import InferenceError, ValidationError
+from schemas.errors import DecodeError, InferenceError, ValidationError
 from tests.factories import make_record
-from worker.deadletter import added_headers, dead_letter_headers, fqcn, original_headers
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
+from worker.deadletter import added_headers, dead_letter_headers, fit, fqcn, original_headers
 
 ORIGINAL = (
     ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
@@ -161,3 +164,84 @@ def test_fqcn_is_module_and_qualified_name() -> None:
     """fqcn gives module.QualName, as Spring's exception-fqcn does for Java classes."""
     assert "schemas.errors.InferenceError" == fqcn(InferenceError("x"))
     assert "builtins.ValueError" == fqcn(ValueError())
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a dead letter to its topic
+
+
+def _fitted(record: object, limit: int) -> tuple[bytes | None, bytes | None, dict[str, bytes], int]:
+    """Fit `record`'s dead letter to `limit`: key, value, added headers, and the written size."""
+    headers = dead_letter_headers(
+        record,  # type: ignore[arg-type]
+        DecodeError("too large"),
+        stage="decode",
+        group_id="scorers",
+        worker="w",
+        attempts=1,
+        model=None,
+    )
+    key, value, written = fit(record, headers, limit, "requests.DLT")  # type: ignore[arg-type]
+    return key, value, added_headers(written), record_size(key, value, written)
+
+
+def test_a_dead_letter_that_fits_is_the_record_unchanged() -> None:
+    """Under the limit: key, value and the original headers stay byte for byte; nothing says omitted."""
+    record = make_record(b"x" * 1000, key=b"k", headers=ORIGINAL)
+
+    key, value, added, _ = _fitted(record, DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert (b"k", b"x" * 1000) == (key, value)
+    assert not {h.DLT_VALUE_OMITTED, h.DLT_HEADERS_OMITTED, h.DLT_KEY_OMITTED, h.DLT_TOMBSTONE} & set(added)
+
+
+@pytest.mark.parametrize("size", [1_048_000, 1_204_424, 5_000_000])
+def test_a_value_too_large_for_the_topic_is_left_out_and_said_so(size: int) -> None:
+    """A value the topic cannot take is left out: the dead letter fits, and says the size, the reason and
+    where the original is (its own topic, partition and offset headers)."""
+    record = make_record(b"v" * size, key=b"k", partition=3, offset=99)
+
+    key, value, added, written = _fitted(record, DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert (b"k", b"") == (key, value)
+    assert written <= DEFAULT_MAX_MESSAGE_BYTES
+    note = added[h.DLT_VALUE_OMITTED].decode()
+    assert f"{size} bytes" in note and "max.message.bytes 1048588" in note and "requests[3]@99" in note
+
+
+def test_headers_too_large_go_after_the_value() -> None:
+    """A record whose own headers alone pass the limit loses them too, and says how many and how large."""
+    record = make_record(b"v", key=b"k", headers=[("h", b"x" * 600_000), ("i", b"y" * 600_000)])
+
+    key, value, added, written = _fitted(record, DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert written <= DEFAULT_MAX_MESSAGE_BYTES
+    assert (b"k", b"") == (key, value)
+    assert added[h.DLT_HEADERS_OMITTED].startswith(b"2 headers of 1200002 bytes")
+
+
+def test_a_huge_key_goes_last() -> None:
+    """A key that alone passes the limit is left out as well: the dead letter still fits."""
+    record = make_record(b"v", key=b"k" * 2_000_000)
+
+    key, _, added, written = _fitted(record, DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert key is None
+    assert written <= DEFAULT_MAX_MESSAGE_BYTES
+    assert added[h.DLT_KEY_OMITTED].startswith(b"2000000 bytes")
+
+
+def test_a_record_without_key_or_value_is_written_empty_and_marked() -> None:
+    """Neither key nor value (what `kcat -Z` sends): written with an empty value, marked as a tombstone."""
+    key, value, added, _ = _fitted(make_record(None, key=None), DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert (None, b"") == (key, value)
+    assert h.DLT_TOMBSTONE in added
+
+
+def test_a_keyed_tombstone_keeps_its_null_value() -> None:
+    """A null value beside a key is sendable: it stays null, byte for byte, and is not marked."""
+    key, value, added, _ = _fitted(make_record(None, key=b"k"), DEFAULT_MAX_MESSAGE_BYTES)
+
+    assert (b"k", None) == (key, value)
+    assert h.DLT_TOMBSTONE not in added

@@ -4,86 +4,90 @@ from __future__ import annotations
 
 import pytest
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    KafkaConnectionError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NotEnoughReplicasError,
     NotLeaderForPartitionError,
+    RecordTooLargeError,
     RequestTimedOutError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 
-from schemas.errors import FatalError, ResultRejectedError, ValidationError
+from schemas.errors import FatalError, NotAuthorizedError, ResultRejectedError, ValidationError
 from tests.factories import make_record
 from worker.outcomes import DeadLetter, Outcome, Result
 from worker.policy import Drop, Reroute, Retry, RetryPolicy, SendFate, Stop, after_send_failure
 
-POLICY = RetryPolicy(attempts=3, max_s=30.0)
 RECORD = make_record(b'{"inputs": []}', topic="requests", partition=2, offset=41, key=b"k")
-RESULT = Result(RECORD, "req-1", b"req-1", b'{"outputs": []}', [("streamscore-model", b"iris")])
+MODEL_HEADERS = [("streamscore-model", b"iris"), ("streamscore-model-version", b"3")]
+RESULT = Result(RECORD, "req-1", b"req-1", b'{"outputs": []}', MODEL_HEADERS)
 DEAD = DeadLetter(RECORD, ValidationError("bad shape"), "req-1", ("iris", "3", "ab" * 32))
 SHADOW_RESULT = Result(RECORD, "req-1", b"req-1", b'{"outputs": []}', [], shadow=True)
 SHADOW_DEAD = DeadLetter(RECORD, ValidationError("bad shape"), "req-1", shadow=True)
 
-RETRIABLE = [KafkaTimeoutError(), RequestTimedOutError(), NotLeaderForPartitionError()]
-PERMANENT = [MessageSizeTooLargeError(), TopicAuthorizationFailedError()]
+BROKERS = [
+    KafkaTimeoutError(),
+    RequestTimedOutError(),
+    NotLeaderForPartitionError(),
+    NotEnoughReplicasError(),
+    KafkaConnectionError(),
+    UnknownTopicOrPartitionError(),
+]
+RECORDS = [MessageSizeTooLargeError(), RecordTooLargeError(), CorruptRecordException()]
+ACLS = [TopicAuthorizationFailedError(), ClusterAuthorizationFailedError()]
 
 
 def _name(error: BaseException) -> str:
     return type(error).__name__
 
 
-# outcome, error, resends so far, seconds since the first failure, the kind of fate
+# outcome, error, resends so far, the kind of fate
 FATES = [
-    pytest.param(RESULT, KafkaTimeoutError(), 0, 0.0, Retry, id="result-timeout-first-failure"),
-    pytest.param(RESULT, NotLeaderForPartitionError(), 2, 29.9, Retry, id="result-retriable-last-resend"),
-    pytest.param(DEAD, RequestTimedOutError(), 1, 1.0, Retry, id="dead-letter-retriable"),
-    # pins the code: README section 6 says transient failures are never dead-lettered; one of the two is wrong
-    pytest.param(RESULT, RequestTimedOutError(), 3, 1.0, Reroute, id="result-exhausted-by-count"),
-    pytest.param(RESULT, RequestTimedOutError(), 1, 30.0, Reroute, id="result-exhausted-by-time"),
-    pytest.param(RESULT, MessageSizeTooLargeError(), 0, 0.0, Reroute, id="result-too-large"),
-    pytest.param(RESULT, TopicAuthorizationFailedError(), 0, 0.0, Reroute, id="result-not-authorized"),
-    pytest.param(DEAD, KafkaTimeoutError(), 3, 1.0, Stop, id="dead-letter-exhausted-by-count"),
-    pytest.param(DEAD, NotLeaderForPartitionError(), 0, 31.0, Stop, id="dead-letter-exhausted-by-time"),
-    pytest.param(DEAD, MessageSizeTooLargeError(), 0, 0.0, Stop, id="dead-letter-too-large"),
-    pytest.param(SHADOW_RESULT, RequestTimedOutError(), 0, 0.0, Drop, id="shadow-result-retriable"),
-    pytest.param(SHADOW_RESULT, MessageSizeTooLargeError(), 0, 0.0, Drop, id="shadow-result-refused"),
-    pytest.param(SHADOW_DEAD, KafkaTimeoutError(), 5, 99.0, Drop, id="shadow-dead-letter-exhausted"),
+    pytest.param(RESULT, KafkaTimeoutError(), 0, Retry, id="result-timeout"),
+    pytest.param(RESULT, NotEnoughReplicasError(), 500, Retry, id="result-broker-trouble-never-gives-up"),
+    pytest.param(DEAD, UnknownTopicOrPartitionError(), 3, Retry, id="dead-letter-topic-missing-waits"),
+    pytest.param(RESULT, MessageSizeTooLargeError(), 0, Reroute, id="result-too-large"),
+    pytest.param(RESULT, CorruptRecordException(), 2, Reroute, id="result-corrupt-after-resends"),
+    pytest.param(DEAD, MessageSizeTooLargeError(), 0, Stop, id="dead-letter-refused-for-good"),
+    pytest.param(RESULT, TopicAuthorizationFailedError(), 0, Stop, id="result-not-authorized"),
+    pytest.param(DEAD, TopicAuthorizationFailedError(), 0, Stop, id="dead-letter-not-authorized"),
+    pytest.param(SHADOW_RESULT, RequestTimedOutError(), 0, Drop, id="shadow-result-broker-trouble"),
+    pytest.param(SHADOW_RESULT, MessageSizeTooLargeError(), 0, Drop, id="shadow-result-refused"),
+    pytest.param(SHADOW_DEAD, KafkaTimeoutError(), 5, Drop, id="shadow-dead-letter"),
 ]
 
 
-@pytest.mark.parametrize(("outcome", "error", "resends", "elapsed_s", "kind"), FATES)
-def test_fate_depends_on_outcome_error_and_budget(
-    outcome: Outcome, error: BaseException, resends: int, elapsed_s: float, kind: type[SendFate]
+@pytest.mark.parametrize(("outcome", "error", "resends", "kind"), FATES)
+def test_fate_depends_on_the_outcome_and_whose_failure_it_is(
+    outcome: Outcome, error: BaseException, resends: int, kind: type[SendFate]
 ) -> None:
-    """Retriable within budget: retry; else a result is rerouted, a dead letter stops, a shadow drops."""
-    fate = after_send_failure(outcome, error, resends, elapsed_s, POLICY)
-
-    assert kind is type(fate)
+    """The broker's failure: retry; the record's own: reroute a result, stop on a dead letter; an ACL: stop."""
+    assert kind is type(after_send_failure(outcome, error, resends, "results"))
 
 
-@pytest.mark.parametrize("resends", [0, 1, 2])
-@pytest.mark.parametrize("error", RETRIABLE, ids=_name)
+@pytest.mark.parametrize("resends", [0, 1, 10_000])
+@pytest.mark.parametrize("error", BROKERS, ids=_name)
 @pytest.mark.parametrize("outcome", [RESULT, DEAD], ids=["result", "dead-letter"])
-def test_retriable_error_within_budget_is_resent(outcome: Outcome, error: BaseException, resends: int) -> None:
-    """A retriable error with resends and time left: resend number resends + 1."""
-    assert Retry(resends + 1) == after_send_failure(outcome, error, resends, 29.9, POLICY)
+def test_the_brokers_failure_is_resent_however_long_it_lasts(
+    outcome: Outcome, error: BaseException, resends: int
+) -> None:
+    """A record is never dead-lettered, nor the worker stopped, for the broker's failure: resend n + 1."""
+    assert Retry(resends + 1) == after_send_failure(outcome, error, resends, "results")
 
 
-REROUTED = [
-    pytest.param(MessageSizeTooLargeError(), 0, 0.0, id="too-large"),
-    pytest.param(TopicAuthorizationFailedError(), 0, 0.0, id="not-authorized"),
-    pytest.param(KafkaTimeoutError(), 3, 0.0, id="exhausted-by-count"),
-    pytest.param(RequestTimedOutError(), 0, 30.0, id="exhausted-by-time"),
-]
-
-
-@pytest.mark.parametrize(("error", "resends", "elapsed_s"), REROUTED)
-def test_refused_result_is_rerouted_as_a_dead_letter(error: BaseException, resends: int, elapsed_s: float) -> None:
-    """A result given up on becomes a dead letter of its record: ResultRejectedError, stage produce."""
-    fate = after_send_failure(RESULT, error, resends, elapsed_s, POLICY)
+@pytest.mark.parametrize("error", RECORDS, ids=_name)
+def test_a_result_refused_for_good_is_rerouted_as_a_dead_letter(error: BaseException) -> None:
+    """A result the broker refuses for what it is becomes a dead letter of its request: stage produce,
+    the model from the result's headers, the attempts made, the broker's error as the cause."""
+    fate = after_send_failure(RESULT, error, 2, "results")
 
     assert isinstance(fate, Reroute)
     dead = fate.dead_letter
-    assert (RECORD, "req-1", None, POLICY.attempts, False) == (
+    assert (RECORD, "req-1", ("iris", "3", ""), 3, False) == (
         dead.record,
         dead.request_id,
         dead.model,
@@ -95,35 +99,42 @@ def test_refused_result_is_rerouted_as_a_dead_letter(error: BaseException, resen
     assert error is dead.error.__cause__
 
 
-STOPPED = [
-    pytest.param(MessageSizeTooLargeError(), 0, 0.0, id="too-large"),
-    pytest.param(TopicAuthorizationFailedError(), 1, 0.0, id="not-authorized"),
-    pytest.param(NotLeaderForPartitionError(), 3, 0.0, id="exhausted-by-count"),
-    pytest.param(KafkaTimeoutError(), 0, 45.0, id="exhausted-by-time"),
-]
-
-
-@pytest.mark.parametrize(("error", "resends", "elapsed_s"), STOPPED)
-def test_dead_letter_not_written_stops_the_worker(error: BaseException, resends: int, elapsed_s: float) -> None:
-    """A dead letter given up on: Stop with a FatalError naming topic[partition]@offset, caused by the error."""
-    fate = after_send_failure(DEAD, error, resends, elapsed_s, POLICY)
+@pytest.mark.parametrize("error", RECORDS, ids=_name)
+def test_a_dead_letter_refused_for_good_stops_the_worker(error: BaseException) -> None:
+    """A dead letter refused for good: Stop with a FatalError (exit 1) naming the record and the topic."""
+    fate = after_send_failure(DEAD, error, 0, "requests.DLT")
 
     assert isinstance(fate, Stop)
     assert FatalError is type(fate.error)
+    assert 1 == fate.error.exit_code
     assert "requests[2]@41" in str(fate.error)
+    assert "requests.DLT" in str(fate.error)
     assert error is fate.error.__cause__
 
 
-@pytest.mark.parametrize("error", RETRIABLE + PERMANENT, ids=_name)
+@pytest.mark.parametrize("error", ACLS, ids=_name)
+@pytest.mark.parametrize("outcome", [RESULT, DEAD], ids=["result", "dead-letter"])
+def test_a_missing_acl_stops_the_worker_naming_topic_and_acl(outcome: Outcome, error: BaseException) -> None:
+    """Not authorized: Stop with NotAuthorizedError (exit 2) naming the topic and the WRITE ACL it needs."""
+    fate = after_send_failure(outcome, error, 0, "results")
+
+    assert isinstance(fate, Stop)
+    assert isinstance(fate.error, NotAuthorizedError)
+    assert 2 == fate.error.exit_code
+    assert "'results'" in str(fate.error)
+    assert "WRITE" in str(fate.error)
+
+
+@pytest.mark.parametrize("error", BROKERS + RECORDS + ACLS, ids=_name)
 @pytest.mark.parametrize("outcome", [SHADOW_RESULT, SHADOW_DEAD], ids=["shadow-result", "shadow-dead-letter"])
 def test_shadow_outcome_is_dropped_whatever_the_error(outcome: Outcome, error: BaseException) -> None:
     """A shadow outcome is best effort: dropped at once, the error in the reason, never resent."""
-    fate = after_send_failure(outcome, error, 0, 0.0, POLICY)
+    fate = after_send_failure(outcome, error, 0, "results.shadow")
 
     assert Drop(f"shadow result lost: {error!r}") == fate
 
 
-BACKOFF = RetryPolicy(attempts=10, max_s=60.0, base_s=0.1, cap_s=5.0, jitter_s=0.5)
+BACKOFF = RetryPolicy(base_s=0.1, cap_s=5.0, jitter_s=0.5)
 
 # resend number, random unit, seconds to wait
 DELAYS = [

@@ -121,6 +121,17 @@ async def test_worker_scores_over_sasl_scram(secure_broker: SecureBroker, settin
     await assert_scores_end_to_end(settings.replace(**secure_broker.sasl("SASL_PLAINTEXT", "SCRAM-SHA-256")))
 
 
+async def test_worker_reads_the_sasl_password_from_a_file(
+    secure_broker: SecureBroker, settings: Settings, tmp_path: Path
+) -> None:
+    """With STREAMSCORE_SASL_PASSWORD_FILE (a mounted secret) and no password variable, every request is scored."""
+    secret = tmp_path / "sasl-password"
+    secret.write_text(PASSWORD + "\n")
+    options = {**secure_broker.sasl("SASL_PLAINTEXT", "PLAIN"), "sasl_password": "", "sasl_password_file": str(secret)}
+
+    await assert_scores_end_to_end(settings.replace(**options))
+
+
 async def test_worker_scores_over_ssl(secure_broker: SecureBroker, settings: Settings) -> None:
     """Over SSL, trusting only the test CA (server certificate for 127.0.0.1), every request is scored."""
     await assert_scores_end_to_end(
@@ -210,7 +221,7 @@ async def timed_start_failure(settings: Settings) -> tuple[float, BrokerUnavaila
 
 def connection_of(settings: Settings) -> dict[str, Any]:
     """The connection fields of `settings`, as FeatureProducer keyword arguments."""
-    names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password")
+    names = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file")
     files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     return {
         "bootstrap_servers": settings.bootstrap_servers,

@@ -8,15 +8,17 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka.errors import (
+    CorruptRecordException,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NotEnoughReplicasError,
     NotLeaderForPartitionError,
     RequestTimedOutError,
     TopicAuthorizationFailedError,
 )
 
 from schemas import headers as h
-from schemas.errors import FatalError, ValidationError
+from schemas.errors import FatalError, NotAuthorizedError, ValidationError
 from tests.factories import make_record
 from tests.fakes import FakeCluster, FakeProducer
 from worker.deadletter import added_headers
@@ -26,9 +28,7 @@ from worker.sender import Sender
 from worker.settings import Settings
 
 IN, OUT, DLT, SHADOW, STATUS = "requests", "results", "requests.DLT", "results.shadow", "c.status"
-SETTINGS = Settings(
-    input_topic=IN, results_topic=OUT, control_topic="c", retry_attempts=3, retry_max_s=30.0, worker_id="w1"
-)
+SETTINGS = Settings(input_topic=IN, results_topic=OUT, control_topic="c", worker_id="w1")
 RECORD = make_record(b'{"inputs": []}', topic=IN, partition=2, offset=41, key=b"k")
 
 
@@ -127,7 +127,7 @@ async def test_result_is_resent_after_transient_failures(rig: Rig, error: BaseEx
 
     assert [sent] == rig.finished
     assert [(OUT, b"req-1")] * 3 == rig.producer.attempts
-    policy = RetryPolicy(SETTINGS.retry_attempts, SETTINGS.retry_max_s)
+    policy = RetryPolicy()
     assert [0.0, BACKOFF_BASE_S] == [policy.delay(1, 0.0), policy.delay(2, 0.0)]
     assert [0.0, BACKOFF_BASE_S] == rig.sleeps
     assert {OUT: 1} == rig.written()
@@ -137,9 +137,8 @@ async def test_result_is_resent_after_transient_failures(rig: Rig, error: BaseEx
     ("error", "times", "at_send", "sends"),
     [
         pytest.param(MessageSizeTooLargeError(), 1, True, 1, id="too-large-at-send"),
-        pytest.param(TopicAuthorizationFailedError(), 1, False, 1, id="not-authorized-on-ack"),
-        # pins the code: README section 6 says transient failures are never dead-lettered
-        pytest.param(RequestTimedOutError(), 4, False, 4, id="retries-exhausted"),
+        pytest.param(MessageSizeTooLargeError(), 1, False, 1, id="too-large-on-ack"),
+        pytest.param(CorruptRecordException(), 1, False, 1, id="corrupt-on-ack"),
     ],
 )
 async def test_refused_result_is_dead_lettered_instead(
@@ -165,43 +164,73 @@ async def test_refused_result_is_dead_lettered_instead(
     assert [] == rig.fatal
 
 
-async def test_time_budget_ends_resends_before_the_count_does() -> None:
-    """Each sleep moves the clock 16 s: after 2 resends 32 s have passed (> 30 s), so the result is rerouted."""
-    rig = Rig(step_s=16.0)
-    rig.producer.fail(OUT, RequestTimedOutError(), times=10)
+async def test_the_brokers_failure_is_resent_until_it_passes_and_never_dead_lettered() -> None:
+    """Not enough replicas for 12 sends (a minute by the clock): the result is resent each time, counted
+    as trouble while it lasts, and finished once the broker takes it; nothing goes to the dead-letter topic."""
+    rig = Rig(step_s=5.0)
+    rig.producer.fail(OUT, NotEnoughReplicasError(), times=12)
+    troubled: list[int] = []
+    rig.producer.on_send = lambda: troubled.append(rig.sender.troubled)
 
     await rig.sender.send(result())
     await settle()
 
-    assert [(OUT, b"req-1")] * 3 + [(DLT, b"k")] == rig.producer.attempts
-    assert [DeadLetter] == [type(outcome) for outcome in rig.finished]
+    assert [(OUT, b"req-1")] * 13 == rig.producer.attempts
+    assert [Result] == [type(outcome) for outcome in rig.finished]
+    assert [0] + [1] * 12 == troubled
+    assert 0 == rig.sender.troubled
+    assert {OUT: 1} == rig.written()
+
+
+async def test_a_dead_letter_waits_for_its_topic_however_long() -> None:
+    """The dead-letter topic does not answer for 20 sends: the dead letter is resent until it lands; no stop."""
+    rig = Rig(step_s=5.0)
+    rig.producer.fail(DLT, KafkaTimeoutError(), times=20, at_send=True)
+
+    await rig.sender.send(dead_letter())
+    await settle()
+
+    assert ([DeadLetter], []) == ([type(outcome) for outcome in rig.finished], rig.fatal)
+    assert {DLT: 1} == rig.written()
 
 
 @pytest.mark.parametrize(
-    ("error", "at_send", "sends", "sleeps"),
+    ("topic", "outcome"),
+    [pytest.param(OUT, result(), id="result"), pytest.param(DLT, dead_letter(), id="dead-letter")],
+)
+async def test_a_missing_acl_stops_the_worker_with_exit_2(rig: Rig, topic: str, outcome: Outcome) -> None:
+    """Not authorized to write: on_fatal with a NotAuthorizedError naming the topic; nothing finished, no resend."""
+    rig.producer.fail(topic, TopicAuthorizationFailedError(), times=100)
+
+    await rig.sender.send(outcome)
+    await settle()
+
+    [fatal] = rig.fatal
+    assert isinstance(fatal, NotAuthorizedError)
+    assert f"topic {topic!r}" in str(fatal)
+    key = outcome.record.key if topic == DLT else b"req-1"
+    assert ([], [(topic, key)]) == (rig.finished, rig.producer.attempts)
+
+
+@pytest.mark.parametrize(
+    ("error", "at_send"),
     [
-        pytest.param(RequestTimedOutError(), False, 4, [0.0, 0.1, 0.2], id="retriable-until-exhausted"),
-        pytest.param(KafkaTimeoutError(), True, 4, [0.0, 0.1, 0.2], id="timeout-at-send-until-exhausted"),
-        pytest.param(TopicAuthorizationFailedError(), False, 1, [], id="not-authorized"),
-        pytest.param(MessageSizeTooLargeError(), True, 1, [], id="too-large-at-send"),
+        pytest.param(MessageSizeTooLargeError(), True, id="too-large-at-send"),
+        pytest.param(CorruptRecordException(), False, id="corrupt-on-ack"),
     ],
 )
-async def test_dead_letter_not_written_stops_the_worker(
-    rig: Rig, error: BaseException, at_send: bool, sends: int, sleeps: list[float]
-) -> None:
-    """A dead letter that cannot be written: resent up to retry_attempts, then on_fatal; never on_finished."""
+async def test_a_dead_letter_refused_for_good_stops_the_worker(rig: Rig, error: BaseException, at_send: bool) -> None:
+    """A dead letter the broker refuses for what it is: on_fatal (exit 1) naming the record; never finished."""
     rig.producer.fail(DLT, error, times=100, at_send=at_send)
 
     await rig.sender.send(dead_letter())
     await settle()
 
     [fatal] = rig.fatal
+    assert (FatalError, 1) == (type(fatal), fatal.exit_code)
     assert "requests[2]@41" in str(fatal)
     assert error is fatal.__cause__
-    assert [] == rig.finished
-    assert [(DLT, b"k")] * sends == rig.producer.attempts
-    assert pytest.approx(sleeps) == rig.sleeps
-    assert {} == rig.written()
+    assert ([], [(DLT, b"k")], {}) == (rig.finished, rig.producer.attempts, rig.written())
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.harness import (
     run_burst,
     stage_of,
 )
+from transport.admin import create_topics
 from worker.deadletter import original_headers
 from worker.settings import Settings
 
@@ -252,29 +254,34 @@ async def test_batches_never_exceed_a_batch_size_the_model_fixes(settings: Setti
     assert {f"s{i}": [[i + 3.0]] for i in range(30)} == {r.id: r.output("y").data.tolist() for r in results}
 
 
-async def test_dead_letter_that_cannot_be_written_leaves_the_offset_uncommitted(
+async def test_dead_letter_that_cannot_be_written_waits_and_leaves_the_offset_uncommitted(
     kafka_bootstrap: str, settings: Settings, topics: dict[str, str]
 ) -> None:
-    """The dead-letter topic does not exist: the worker stops with exit 1 and commits nothing
-    at or after the bad record, so a restart retries it."""
+    """The dead-letter topic does not exist yet: the worker keeps the bad record and commits nothing at
+    or after it (the poison is not skipped); once the topic exists, the dead letter lands there and
+    everything is committed. (Until issue 7 the worker stopped with exit 1 here.)"""
     records = [
         Out(b"a", good(1), partition=0),
         Out(b"bad", b"nope", partition=0),
         Out(b"c", good(2), partition=0),
     ]
     await produce(kafka_bootstrap, topics["input"], records)
-    broken = settings.replace(
-        dead_letter_topic=topics["dead"] + "-missing",
-        request_timeout_ms=1500,
-        retry_attempts=2,
-        retry_max_s=3.0,
-    )
+    missing = topics["dead"] + "-missing"
+    broken = settings.replace(dead_letter_topic=missing, request_timeout_ms=1500, retry_attempts=2, retry_max_s=3.0)
+    worker = asyncio.create_task(run_burst(broken))
+    try:
+        await asyncio.sleep(6)
+        offsets = await committed(kafka_bootstrap, settings.group_id, topics["input"], PARTITIONS)
+        assert offsets[0] is None or offsets[0] <= 1
+        assert not worker.done()
+        await create_topics(kafka_bootstrap, [missing], PARTITIONS)
+        assert 0 == await asyncio.wait_for(worker, 60)
+    finally:
+        worker.cancel()
 
-    assert 1 == await run_burst(broken)
-
-    offsets = await committed(kafka_bootstrap, settings.group_id, topics["input"], PARTITIONS)
-    assert offsets[0] is None or offsets[0] <= 1
-    assert 0 == len(await read_topic(kafka_bootstrap, topics["dead"], idle_s=1.0))
+    [letter] = await read_topic(kafka_bootstrap, missing, expect=1)
+    assert (b"bad", b"nope") == (letter.key, letter.value)
+    assert 3 == (await committed(kafka_bootstrap, settings.group_id, topics["input"], PARTITIONS))[0]
 
 
 async def test_every_id_once_across_many_records_and_partitions(settings: Settings, topics: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -26,7 +27,8 @@ class Connection:
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str = ""
-    sasl_password: str = field(default="", repr=False)
+    sasl_password: str = field(default="", repr=False)  # from the environment, never a flag
+    sasl_password_file: str = ""  # a file holding the password (wins over sasl_password)
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
@@ -57,8 +59,20 @@ class Connection:
                 )
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = self.sasl_password
+            options["sasl_plain_password"] = self.password()
         return options
+
+    def password(self) -> str:
+        """The SASL password: the first line of `sasl_password_file` if set, else `sasl_password`."""
+        if not self.sasl_password_file:
+            return self.sasl_password
+        try:
+            lines = Path(self.sasl_password_file).read_text().splitlines()
+        except OSError as error:
+            raise ConfigError(
+                f"{setting_name('sasl_password_file')}={self.sasl_password_file!r} cannot be read: {error.strerror}"
+            ) from None
+        return lines[0] if lines else ""
 
     @property
     def connection(self) -> Connection:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from artifacts.runtime import LoadedModel
 from schemas.codec import InferenceRequest, Limits
-from schemas.errors import ModelNotFoundError, RecordError
+from schemas.errors import ModelNotFoundError, RecordError, ValidationError
+from schemas.names import NAME_PATTERN
 from schemas.records import Record
 from worker.lineup import Chosen, Lineup, Missing
 from worker.outcomes import DeadLetter, Item
@@ -47,6 +48,8 @@ def admit(record: Record, limits: Limits, lineup: Lineup) -> Fate:
     """Decode `record` and route it against `lineup`."""
     try:
         request = decode(record, limits)
+    except ValidationError as error:  # well formed, but past a limit: say which model it was meant for
+        return dead_letter(record, error, _meant_for(record, lineup))
     except RecordError as error:
         return dead_letter(record, error)
     return _route(record, request, lineup)
@@ -55,7 +58,7 @@ def admit(record: Record, limits: Limits, lineup: Lineup) -> Fate:
 def admit_loaded(load: Load, lineup: Lineup, problem: RecordError | None) -> Admitted | DeadLetter:
     """Decide again after the load that `load` asked for: `problem` says why it could not be served."""
     if problem is not None:
-        return dead_letter(load.record, problem)
+        return _named(load.record, problem, load.name, load.version)
     fate = _route(load.record, load.request, lineup)
     if isinstance(fate, Load):  # loaded, and already dropped again (a desired state changed meanwhile)
         shown = load.version or "default"
@@ -68,7 +71,7 @@ def _route(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:
     try:
         chosen = lineup.choose(name, pinned, request.id or fallback_id(record))
     except RecordError as error:
-        return dead_letter(record, error)
+        return _named(record, error, name or lineup.default_name, pinned)
     if isinstance(chosen, Missing):
         return Load(record, request, chosen.name, chosen.version)
     return _admitted(record, request, chosen)
@@ -90,3 +93,20 @@ def _twin(record: Record, request: InferenceRequest, shadow: LoadedModel) -> Ite
         return None
     twin.shadow = True
     return twin
+
+
+def _meant_for(record: Record, lineup: Lineup) -> LoadedModel | None:
+    """The loaded model a record would go to, judged from its headers and key (None: not loaded)."""
+    name, pinned = model_choice(record)
+    try:
+        chosen = lineup.choose(name, pinned, fallback_id(record))
+    except RecordError:
+        return None
+    return chosen.model if isinstance(chosen, Chosen) else None
+
+
+def _named(record: Record, error: Exception, name: str, version: str | None) -> DeadLetter:
+    """A dead letter naming the model and version it was meant for, though neither could be loaded."""
+    if version is None or not NAME_PATTERN.match(name) or not NAME_PATTERN.match(version):
+        return dead_letter(record, error)
+    return DeadLetter(record, error, fallback_id(record), (name, version, ""))

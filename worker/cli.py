@@ -20,12 +20,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `worker` subcommand, with a flag for every setting."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
+        allow_abbrev=False,  # `--sasl-password` must not pass for `--sasl-password-file`
         help="score records: N processes in one consumer group",
         description="Consume V2 requests, score them with the model, produce results and dead letters.",
     )
     for item in fields(Settings):
-        _add_setting_flag(parser, item.name, default_of(Settings, item.name))
+        if item.name not in ENVIRONMENT_ONLY:
+            _add_setting_flag(parser, item.name, default_of(Settings, item.name))
     return parser
+
+
+#: Settings without a flag: a secret on a command line shows in `ps` (use the variable, or a file).
+ENVIRONMENT_ONLY = ("sasl_password",)
 
 
 def _add_setting_flag(parser: argparse.ArgumentParser, name: str, default: Any) -> None:

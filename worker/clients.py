@@ -6,7 +6,7 @@ the unit tests pass fakes (tests/fakes.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from schemas.errors import BrokerUnavailableError
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
 from transport.reading import TopicReader
 from transport.seams import GroupConsumer, OnRevoked, Producer, Reader
 from worker.retry import retrying
@@ -23,12 +24,14 @@ log = structlog.get_logger("streamscore.worker")
 
 PRODUCER_MAX_BATCH_BYTES = 262_144
 PRODUCER_LINGER_MS = 5
+FETCH_MAX_BYTES = 52_428_800  # aiokafka's (and Kafka's) default
 
 
 class Clients(Protocol):
-    """Makes the three clients of a worker."""
+    """Makes the three clients of a worker, and reads how large a record each topic takes."""
 
-    def producer(self, settings: Settings) -> Producer: ...
+    async def limits(self, settings: Settings, topics: Sequence[str]) -> dict[str, int]: ...
+    def producer(self, settings: Settings, limits: Mapping[str, int]) -> Producer: ...
     def consumer(self, settings: Settings, on_revoked: OnRevoked) -> GroupConsumer: ...
     def reader(self, settings: Settings) -> Reader: ...
 
@@ -36,14 +39,26 @@ class Clients(Protocol):
 class KafkaClients:
     """aiokafka's clients, configured for the worker."""
 
-    def producer(self, settings: Settings) -> Producer:
-        """The idempotent producer (acks from all in-sync replicas)."""
+    async def limits(self, settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+        """Each topic's `max.message.bytes`, read from the broker."""
+        return await topic_limits(settings.connection, topics)
+
+    def producer(self, settings: Settings, limits: Mapping[str, int]) -> Producer:
+        """The idempotent producer (acks from all in-sync replicas), sized to the topics it writes.
+
+        A record may be as large as the largest topic takes (each topic's own limit is the
+        broker's to enforce, and the dead letters are fitted to theirs); a batch never larger
+        than the smallest takes, so that one large topic setting never gets a batch refused.
+        """
+        sizes = list(limits.values()) or [DEFAULT_MAX_MESSAGE_BYTES]
         producer: Producer = AIOKafkaProducer(
             **settings.kafka_options(),
             acks="all",
             enable_idempotence=True,
             linger_ms=PRODUCER_LINGER_MS,
-            max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+            max_batch_size=min(PRODUCER_MAX_BATCH_BYTES, *sizes),
+            max_request_size=max(sizes),
+            compression_type=None if settings.compression == "none" else settings.compression,
             request_timeout_ms=settings.request_timeout_ms,
             client_id=f"streamscore-{settings.worker_name}",
         )
@@ -59,6 +74,8 @@ class KafkaClients:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            # what a fetch may bring is part of the memory in flight: a quarter of its bound, at most Kafka's default
+            fetch_max_bytes=max(s.max_record_bytes, min(FETCH_MAX_BYTES, s.max_in_flight_bytes // 4)),
             max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
             request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
             session_timeout_ms=s.session_timeout_ms,

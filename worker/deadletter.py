@@ -1,4 +1,12 @@
-"""Dead letters: the original record byte for byte, plus headers saying what failed and where."""
+"""Dead letters: the original record byte for byte, plus headers saying what failed and where.
+
+A dead letter must be writable whatever the record was. `fit` makes it so: a record with neither
+key nor value (which a producer cannot send) is written with an empty value and
+`streamscore-dlt-tombstone` (a null value beside a key stays null); a record too large for the
+dead-letter topic loses its value, then its headers, then its key, each omission said in a
+`streamscore-dlt-*-omitted` header with the size and the reason. Its topic, partition and offset
+(`kafka_dlt-original-*`) always say where the original can still be read.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from collections.abc import Sequence
 
 from schemas import headers as h
 from schemas.records import Record
+from transport.limits import record_size
 
 MAX_STACKTRACE_BYTES = 8192
 
@@ -43,8 +52,9 @@ def dead_letter_headers(
         out += [
             (h.DLT_MODEL, name.encode()),
             (h.DLT_MODEL_VERSION, version.encode()),
-            (h.DLT_MODEL_SHA256, sha256.encode()),
         ]
+        if sha256:  # unknown for a result refused after scoring
+            out.append((h.DLT_MODEL_SHA256, sha256.encode()))
     return out
 
 
@@ -79,3 +89,39 @@ def added_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
 def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The headers of the original record, as a replay sends them back."""
     return [(key, value) for key, value in headers if not key.startswith(h.DLT_PREFIXES)]
+
+
+Written = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers of a dead letter
+
+
+def fit(record: Record, headers: list[tuple[str, bytes]], limit: int, topic: str) -> Written:
+    """The dead letter of `record` (`headers`: its own, then the added ones) as `topic` can take it.
+
+    Leaves out, in this order and only as far as needed to fit `limit` bytes: the value, the
+    record's own headers, the key, the stack trace. A record with neither key nor value gets an
+    empty value (a producer cannot send neither).
+    """
+    key, value = record.key, record.value
+    count = len(record.headers or ())
+    own, added = headers[:count], headers[count:]
+    if key is None and value is None:
+        value = b""
+        added.append((h.DLT_TOMBSTONE, b"the original key and value were null"))
+    why = f"larger than {topic} takes (max.message.bytes {limit}); read it at {_position(record)}"
+    if record_size(key, value, own + added) > limit and value:
+        added.append((h.DLT_VALUE_OMITTED, f"{len(value)} bytes, {why}".encode()))
+        value = b""
+    if record_size(key, value, own + added) > limit and own:
+        size = sum(len(name) + len(v or b"") for name, v in own)
+        added.append((h.DLT_HEADERS_OMITTED, f"{len(own)} headers of {size} bytes, {why}".encode()))
+        own = []
+    if record_size(key, value, own + added) > limit and key:
+        added.append((h.DLT_KEY_OMITTED, f"{len(key)} bytes, {why}".encode()))
+        key, value = None, value or b""
+    if record_size(key, value, own + added) > limit:
+        added = [(name, b"" if name == h.DLT_EXCEPTION_STACKTRACE else v[:1024]) for name, v in added]
+    return key, value, own + added
+
+
+def _position(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"

@@ -1,33 +1,57 @@
 """What to do when a send fails, decided in one pure step (tenacity's way: decide, then act).
 
     after_send_failure(outcome, error, resends, elapsed_s, policy)
-        -> Retry      send it again after `delay_s` (a transient error, within the retry budget)
-        -> Reroute    a result refused for good is dead-lettered instead (stage "produce")
-        -> Stop       a dead letter that cannot be written: the worker stops, its offset uncommitted
+        -> Retry      the broker's trouble (unreachable, timed out, not enough replicas, no leader):
+                      send it again after a backoff, for as long as it takes; the worker pauses
+                      fetching meanwhile and commits nothing past the record
+        -> Reroute    a result refused for good because of what it is (larger than the topic
+                      allows, corrupt): its request is dead-lettered instead (stage "produce")
+        -> Stop       an ACL is missing (NotAuthorizedError, exit 2), or a dead letter is refused
+                      for good (FatalError, exit 1): the worker stops, the offset uncommitted
         -> Drop       a shadow result: best effort, nothing waits for it
 
-The sender (worker/sender.py) carries the decision out.
+A record is never dead-lettered for the broker's failure, only for its own. The sender
+(worker/sender.py) carries the decision out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.errors import FatalError, ResultRejectedError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    GroupAuthorizationFailedError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+from schemas import headers as h
+from schemas.errors import FatalError, NotAuthorizedError, ResultRejectedError
 from worker.outcomes import DeadLetter, Outcome, Result
-from worker.retry import is_retriable
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 BACKOFF_JITTER_S = 0.5
 
+#: The broker refuses the record itself, and would refuse it again: no retry can help.
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException)
+#: The principal lacks an ACL: no retry can help, and no other record would fare better.
+NOT_AUTHORIZED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """At most `attempts` resends within `max_s` seconds, waiting longer after each failure."""
+    """Resends wait longer after each failure, up to a cap, with jitter; they never give up."""
 
-    attempts: int
-    max_s: float
     base_s: float = BACKOFF_BASE_S
     cap_s: float = BACKOFF_CAP_S
     jitter_s: float = BACKOFF_JITTER_S
@@ -73,19 +97,42 @@ class Drop:
 SendFate = Retry | Reroute | Stop | Drop
 
 
-def after_send_failure(
-    outcome: Outcome, error: BaseException, resends: int, elapsed_s: float, policy: RetryPolicy
-) -> SendFate:
-    """The fate of `outcome` whose send failed with `error`, after `resends` resends in `elapsed_s`."""
+def after_send_failure(outcome: Outcome, error: BaseException, resends: int, topic: str) -> SendFate:
+    """The fate of `outcome`, whose send to `topic` failed with `error` after `resends` resends."""
     if outcome.shadow:
         return Drop(f"shadow result lost: {error!r}")
-    if is_retriable(error) and resends < policy.attempts and elapsed_s < policy.max_s:
+    if isinstance(error, NOT_AUTHORIZED):
+        return Stop(not_authorized(error, topic))
+    if not isinstance(error, REFUSED_FOR_GOOD):
         return Retry(resends + 1)
     record = outcome.record
     if isinstance(outcome, Result):
         rejected = ResultRejectedError(f"the result of request {outcome.request_id!r} was refused: {error!r}")
         rejected.__cause__ = error
-        return Reroute(DeadLetter(record, rejected, outcome.request_id, None, attempts=policy.attempts))
-    fatal = FatalError(f"dead letter of {record.topic}[{record.partition}]@{record.offset} not written")
+        model = model_of(outcome)
+        return Reroute(DeadLetter(record, rejected, outcome.request_id, model, attempts=resends + 1))
+    fatal = FatalError(
+        f"the dead letter of {record.topic}[{record.partition}]@{record.offset} was refused by {topic}: {error!r}"
+    )
     fatal.__cause__ = error
     return Stop(fatal)
+
+
+def not_authorized(error: BaseException, topic: str) -> NotAuthorizedError:
+    """The error that stops a worker whose principal may not write to `topic`."""
+    stopped = NotAuthorizedError(
+        f"the broker refused to let this worker write to topic {topic!r} ({type(error).__name__}): grant its "
+        f"principal the WRITE (and DESCRIBE) ACL on topic {topic!r}, and IDEMPOTENT_WRITE on the cluster"
+    )
+    stopped.__cause__ = error
+    return stopped
+
+
+def model_of(result: Result) -> tuple[str, str, str] | None:
+    """The model that scored a result, as its headers say: (name, version, "") — the sha256 is not on it."""
+    found = {
+        key: value.decode("utf-8", "replace") for key, value in result.headers if key in (h.MODEL, h.MODEL_VERSION)
+    }
+    if len(found) < 2:
+        return None
+    return found[h.MODEL], found[h.MODEL_VERSION], ""

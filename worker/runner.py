@@ -29,7 +29,7 @@ from worker.admit import Admitted, Load, admit, admit_loaded
 from worker.clients import Clients, KafkaClients, connect
 from worker.committer import Committer
 from worker.control import ControlFollower
-from worker.flow import Flow
+from worker.flow import Flow, size_of
 from worker.observe import Observer
 from worker.offsets import OffsetTracker
 from worker.outcomes import DeadLetter, Outcome
@@ -65,12 +65,12 @@ class Worker:
         self.observer = observer or Observer()
         self.limits = Limits(settings.max_record_bytes, settings.max_request_rows, settings.allow_nonfinite)
         self.tracker: OffsetTracker[int] = OffsetTracker()  # by partition of the input topic
-        self.flow = Flow(settings.max_in_flight)
+        self.flow = Flow(settings.max_in_flight, settings.max_in_flight_bytes)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.serving = Serving(store or ModelStore.from_settings(settings), self.executor, settings.worker_name)
         self.scoring = ScoreLoop(settings, self.executor, self._send, clock, self.observer)
         self.stopping = False
-        self.fatal: BaseException | None = None
+        self.fatal: FatalError | None = None
         self.consumer: GroupConsumer | None = None
         self.producer: Producer | None = None
         self.sender: Sender | None = None
@@ -93,7 +93,7 @@ class Worker:
         finally:
             drained = await self.shutdown()
         if self.fatal is not None:
-            return 1
+            return self.fatal.exit_code
         return 0 if drained else 1
 
     def request_stop(self) -> None:
@@ -108,8 +108,9 @@ class Worker:
     async def startup(self) -> None:
         """Connect, apply the control topic's desired states, load the default model, join the group."""
         s = self.settings
-        self.producer = self.clients.producer(s)
-        self.sender = Sender(self.producer, s, self._finish, self._fail)
+        limits = await self.clients.limits(s, [s.results_topic, s.dead_letter_topic_name, s.shadow_topic_name])
+        self.producer = self.clients.producer(s, limits)
+        self.sender = Sender(self.producer, s, self._finish, self._fail, limits=limits)
         await connect(self.producer.start, "producer", s)
         if s.control_topic:
             self.control = ControlFollower(self.clients.reader(s), s.control_topic, self.serving.apply)
@@ -164,20 +165,30 @@ class Worker:
         """Fetch and admit records until told to stop (or drained, in burst mode)."""
         unassigned_since = last_progress = self.clock()
         while not self.stopping:
+            last_progress = self._progress(last_progress)
             if self._apply_backpressure():
                 await self.flow.wait_for_room()
                 continue
             fetched = await self._fetch()
-            if self.clock() - last_progress >= PROGRESS_INTERVAL_S:
-                last_progress = self.clock()
-                log.info(
-                    "worker_progress", in_flight=self.in_flight, paused=self.flow.paused, **self.observer.summary()
-                )
             if self._consumer.assignment():
                 unassigned_since = self.clock()
             if not fetched and self.settings.burst and await self._drained(unassigned_since):
                 log.info("worker_drained", **self.observer.summary())
                 return
+
+    def _progress(self, last: float) -> float:
+        """Log `worker_progress` every PROGRESS_INTERVAL_S; when it was last logged."""
+        if self.clock() - last < PROGRESS_INTERVAL_S:
+            return last
+        log.info(
+            "worker_progress",
+            in_flight=self.in_flight,
+            in_flight_bytes=self.flow.in_flight_bytes,
+            paused=self.flow.paused,
+            resending=self.sender.troubled if self.sender is not None else 0,
+            **self.observer.summary(),
+        )
+        return self.clock()
 
     async def shutdown(self) -> bool:
         """Drain in-flight work within the grace period, commit, close. True if fully drained."""
@@ -187,7 +198,7 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.fatal is None and self.committer is not None:
+        if self.committer is not None:  # after a fatal error too: what was acknowledged is not done again
             await self.committer.commit()
         if not drained:
             log.warning(
@@ -221,7 +232,7 @@ class Worker:
         """Track a fetched record and carry out its fate: batch it, dead-letter it, or load first."""
         self.observer.consumed(record)
         self.tracker.take(record.partition, record.offset)
-        self.flow.taken()
+        self.flow.taken(size_of(record))
         fate = admit(record, self.limits, self.serving.lineup)
         if isinstance(fate, Load):
             problem = await self.serving.prepare(fate.name, fate.version)
@@ -235,7 +246,7 @@ class Worker:
 
     def _apply_backpressure(self) -> bool:
         """Carry out the flow's decision on the assigned partitions; True while paused."""
-        step = self.flow.decide()
+        step = self.flow.decide(blocked=self.sender is not None and self.sender.troubled > 0)
         if step in ("pause", "hold"):
             self._consumer.pause(*self._consumer.assignment())
             self.flow.paused = True
@@ -268,24 +279,25 @@ class Worker:
         if outcome.shadow:  # shadow results are best effort: no offset waits for them
             return
         self.tracker.finish(outcome.record.partition, outcome.record.offset)
-        self.flow.finished()
+        self.flow.finished(size_of(outcome.record))
         if isinstance(outcome, DeadLetter):
             log_dead_letter(outcome)
         if self.in_flight == 0:
             self.scoring.wake.set()
 
     def _fail(self, error: FatalError) -> None:
-        """Something must not go on (a dead letter not written): stop, leaving offsets uncommitted."""
+        """Something must not go on (a dead letter refused, an ACL missing): stop. The offsets of what
+        was acknowledged are committed; from the record that failed on, nothing is."""
         self.fatal = error
         self.request_stop()
 
     # ------------------------------------------------------------------ commit side
 
     async def commit_loop(self) -> None:
-        """Commit acknowledged offsets every commit interval (never after a fatal error)."""
+        """Commit acknowledged offsets every commit interval."""
         while True:
             await asyncio.sleep(self.settings.commit_interval_ms / 1000)
-            if self.fatal is None and self.committer is not None:
+            if self.committer is not None:
                 await self.committer.commit()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -294,7 +306,7 @@ class Worker:
         self.scoring.wake.set()
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.input_topic}
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
-        if self.fatal is None and self.committer is not None:
+        if self.committer is not None:
             await self.committer.commit(partitions)
         self.tracker.forget(partitions)
         if revoked:

@@ -1,10 +1,11 @@
 """The produce side of a worker: send outcomes, carry out what a failed send's fate says, publish status.
 
 A result goes to the results topic (a shadow result to the shadow topic), a dead letter to the
-dead-letter topic; `on_finished` is called when the broker acknowledges it (then its input offset
-may be committed). When a send fails, `worker.policy.after_send_failure` decides: resend, dead-letter
-the refused result instead, stop the worker (`on_fatal`: a dead letter that cannot be written keeps
-its offset uncommitted), or drop a best-effort shadow result.
+dead-letter topic, made to fit it (`worker.deadletter.fit`); `on_finished` is called when the
+broker acknowledges it (then its input offset may be committed). When a send fails,
+`worker.policy.after_send_failure` decides: resend (the broker's trouble: for as long as it
+takes, while `troubled` tells the worker to stop fetching), dead-letter a refused result instead,
+stop the worker (`on_fatal`), or drop a best-effort shadow result.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
 
 from schemas.errors import FatalError, RecordError
 from schemas.records import Record
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES
 from transport.seams import Producer
-from worker.deadletter import dead_letter_headers
+from worker.deadletter import dead_letter_headers, fit
 from worker.outcomes import DeadLetter, Outcome, Result
 from worker.policy import Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure
 from worker.settings import Settings
@@ -29,10 +31,14 @@ log = structlog.get_logger("streamscore.worker")
 
 Destination = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 Sleep = Callable[[float], Awaitable[Any]]
+TROUBLE_LOG_INTERVAL_S = 10.0
 
 
 class Sender:
-    """Sends a worker's outcomes with `producer`; reports each acknowledged one to `on_finished`."""
+    """Sends a worker's outcomes with `producer`; reports each acknowledged one to `on_finished`.
+
+    `limits` are the topics' `max.message.bytes` (`transport.limits.topic_limits`).
+    """
 
     def __init__(
         self,
@@ -41,17 +47,22 @@ class Sender:
         on_finished: Callable[[Outcome], None],
         on_fatal: Callable[[FatalError], None],
         *,
+        limits: Mapping[str, int] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         unit: Callable[[], float] = random.random,
     ) -> None:
         self.producer = producer
         self.settings = settings
-        self.policy = RetryPolicy(settings.retry_attempts, settings.retry_max_s)
+        self.limits = dict(limits or {})
+        self.policy = RetryPolicy()
         self.on_finished = on_finished
         self.on_fatal = on_fatal
         self._sleep, self._clock, self._unit = sleep, clock, unit
         self._background: set[asyncio.Task[None]] = set()
+        self.troubled = 0  # outcomes being resent because the broker did not take them
+        self._trouble_since: float | None = None
+        self._trouble_logged = 0.0
 
     async def send(self, outcome: Outcome) -> None:
         """Send a result or dead letter; its offset finishes when the broker acknowledges it."""
@@ -82,7 +93,7 @@ class Sender:
         if isinstance(outcome, Result):
             topic = self.settings.shadow_topic_name if outcome.shadow else self.settings.results_topic
             return topic, outcome.key, outcome.value, outcome.headers
-        record, error = outcome.record, outcome.error
+        record, error, topic = outcome.record, outcome.error, self.settings.dead_letter_topic_name
         headers = dead_letter_headers(
             record,
             error,
@@ -92,7 +103,8 @@ class Sender:
             attempts=outcome.attempts,
             model=outcome.model,
         )
-        return self.settings.dead_letter_topic_name, record.key, record.value, headers
+        key, value, headers = fit(record, headers, self.limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES), topic)
+        return topic, key, value, headers
 
     def _acknowledged(self, outcome: Outcome, future: asyncio.Future[Any]) -> None:
         error = None if future.cancelled() else future.exception()
@@ -102,43 +114,76 @@ class Sender:
         self.on_finished(outcome)
 
     async def _recover(self, outcome: Outcome, error: BaseException) -> None:
-        """Carry out the fates `after_send_failure` decides until the outcome is sent or given up."""
-        started, resends = self._clock(), 0
-        while True:
-            fate = after_send_failure(outcome, error, resends, self._clock() - started, self.policy)
-            if isinstance(fate, Retry):
+        """Carry out the fates `after_send_failure` decides until the outcome is sent or given up.
+
+        While it is being resent, the outcome counts in `troubled` (the worker pauses fetching).
+        """
+        resends, troubled = 0, False
+        try:
+            while True:
+                fate = after_send_failure(outcome, error, resends, self._destination(outcome)[0])
+                if not isinstance(fate, Retry):
+                    await self._give_up(outcome, fate)
+                    return
+                if not troubled:
+                    troubled = self._trouble_starts(outcome, error)
                 await self._sleep(self.policy.delay(fate.resend, self._unit()))
-                resends = fate.resend
                 failure = await self._send_and_wait(outcome)
                 if failure is None:
                     self.on_finished(outcome)
                     return
-                error = failure
-            elif isinstance(fate, Reroute):
-                await self.send(fate.dead_letter)
-                return
-            else:
-                self._give_up(outcome, fate)
-                return
+                error, resends = failure, fate.resend
+        finally:
+            if troubled:
+                self._trouble_ends()
 
     async def _send_and_wait(self, outcome: Outcome) -> BaseException | None:
         topic, key, value, headers = self._destination(outcome)
         try:
             await (await self.producer.send(topic, value=value, key=key, headers=headers))
+        except asyncio.CancelledError:  # the acknowledgement was cancelled (the client closing): try again
+            if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # this task is being cancelled: stop
+            return asyncio.CancelledError()
         except Exception as error:
             return error
         return None
 
-    def _give_up(self, outcome: Outcome, fate: Stop | Drop) -> None:
+    def _trouble_starts(self, outcome: Outcome, error: BaseException) -> bool:
+        """One more outcome is being resent; log when the trouble starts, and every so often."""
+        now = self._clock()
+        if self.troubled == 0:
+            self._trouble_since = self._trouble_logged = now
+            log.warning("send_failing", **position(outcome.record), error=repr(error), hint=TROUBLE_HINT)
+        elif now - self._trouble_logged >= TROUBLE_LOG_INTERVAL_S:
+            self._trouble_logged = now
+            since = round(now - (self._trouble_since or now))
+            log.warning("send_still_failing", resending=self.troubled + 1, since_s=since, error=repr(error))
+        self.troubled += 1
+        return True
+
+    def _trouble_ends(self) -> None:
+        self.troubled -= 1
+        if self.troubled == 0:
+            log.info("send_recovered", after_s=round(self._clock() - (self._trouble_since or self._clock()), 1))
+
+    async def _give_up(self, outcome: Outcome, fate: Reroute | Stop | Drop) -> None:
+        if isinstance(fate, Reroute):
+            await self.send(fate.dead_letter)
+            return
         if isinstance(fate, Drop):
             log.warning("shadow_result_lost", request_id=outcome.request_id, reason=fate.reason)
             return
+        reason = (
+            {"stage": stage_of(outcome.error), "reason": str(outcome.error)} if isinstance(outcome, DeadLetter) else {}
+        )
         log.critical(
-            "dead_letter_failed",
+            "send_refused" if isinstance(outcome, Result) else "dead_letter_failed",
             **position(outcome.record),
             request_id=outcome.request_id,
-            error=repr(fate.error.__cause__),
-            hint="the input offset stays uncommitted; the record is retried after a restart",
+            error=str(fate.error),
+            **{f"dead_letter_{k}": v for k, v in reason.items()},
+            hint="the input offset stays uncommitted; the record is read again after a restart",
         )
         self.on_fatal(fate.error)
 
@@ -146,6 +191,12 @@ class Sender:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+TROUBLE_HINT = (
+    "the broker does not acknowledge: fetching pauses and nothing is committed past this record; "
+    "sends are retried until the broker answers (check its health, min.insync.replicas and the topic)"
+)
 
 
 def log_dead_letter(outcome: DeadLetter) -> None:

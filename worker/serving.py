@@ -85,6 +85,11 @@ class Serving:
                 model = await self.load(found, version)
             except ModelLoadError as error:
                 log.error("model_version_refused", model=found, version=version, error=str(error))
+                if self.store.is_pinned(found, version):  # no other version may stand in for a pinned one
+                    raise ModelNotFoundError(
+                        f"the pinned version {version} of model {found} cannot be served: {error}; "
+                        "fix it, or pin another version (STREAMSCORE_MODEL_VERSION)"
+                    ) from error
                 continue  # default_version skips the refused version now
             self._defaults.setdefault(found, version)
             self._refresh()

@@ -34,6 +34,7 @@ from transport.connection import Connection
 DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
 DEFAULT_MAX_IN_FLIGHT = 2000
+DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RECORD_BYTES = 1_048_576
 DEFAULT_MAX_REQUEST_ROWS = 4096
 DEFAULT_COMMIT_INTERVAL_MS = 500.0
@@ -42,6 +43,8 @@ DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_RETRY_ATTEMPTS = 5
 DEFAULT_RETRY_MAX_S = 30.0
+DEFAULT_COMPRESSION = "lz4"  # chosen by `python -m bench --scenarios compression` (bench/README.md)
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
 
 
@@ -66,6 +69,7 @@ class Settings(Connection):
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     max_batch_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES  # record bytes between fetch and acknowledgement
     commit_interval_ms: float = DEFAULT_COMMIT_INTERVAL_MS
     # Input limits
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
@@ -74,7 +78,8 @@ class Settings(Connection):
     correlation_headers: tuple[str, ...] = DEFAULT_CORRELATION_HEADERS
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS  # one Kafka request, metadata included
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS  # a silent worker leaves the group after this
-    # Retries of transient failures
+    compression: str = DEFAULT_COMPRESSION  # of results and dead letters: none, gzip, snappy, lz4, zstd
+    # Connecting at start (a broker that fails later is waited for, never given up on)
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
     retry_max_s: float = DEFAULT_RETRY_MAX_S
     # Process model
@@ -91,6 +96,7 @@ class Settings(Connection):
         for name in (
             "max_batch_rows",
             "max_in_flight",
+            "max_in_flight_bytes",
             "max_record_bytes",
             "max_request_rows",
             "retry_attempts",
@@ -99,6 +105,8 @@ class Settings(Connection):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"{setting_name('compression')} must be one of {', '.join(COMPRESSIONS)}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"{setting_name('log_format')} must be auto, json or console")
 

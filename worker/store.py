@@ -88,6 +88,10 @@ class ModelStore:
             raise ModelNotFoundError(f"no version of model {name!r} can be served: {reasons}")
         return serveable[-1]
 
+    def is_pinned(self, name: str, version: str) -> bool:
+        """Whether `version` of `name` is the one the settings pin (STREAMSCORE_MODEL_VERSION)."""
+        return name == self.default_name and version == self.pinned_version
+
     def check_exists(self, name: str, version: str) -> str:
         """`version` if `name` has it on disk (or loaded); ModelNotFoundError naming the ones it has."""
         if not NAME_PATTERN.match(version):

@@ -1,10 +1,13 @@
 """The parent process: start N worker processes, restart one that dies, stop them on a signal.
 
 Signals only set flags. The first SIGTERM or SIGINT asks every child to drain and stop (each
-child gets SIGTERM and has `shutdown_grace_s` to finish); a second one kills them (SIGKILL).
-Children ignore SIGINT so that Ctrl-C on a terminal reaches them once, through the parent.
-Exit codes: 0 all children stopped cleanly; 1 a child failed; 2 a child found the settings
-or the model unusable (restarting would not help, so the parent stops them all).
+child gets SIGTERM and has `shutdown_grace_s` to finish); a second one to the parent kills them
+(SIGKILL). In a child, SIGTERM only ever asks for a graceful stop, however often it comes: sent
+to the whole process group (systemd, `kill -TERM -- -PGID`, many process managers), a child gets
+it twice, its own and the one the parent forwards, and must still drain and commit. Children
+ignore SIGINT so that Ctrl-C on a terminal reaches them once, through the parent.
+Exit codes: 0 all children stopped cleanly; 1 a child failed; 2 a child found the settings,
+the model or its ACLs unusable (restarting would not help, so the parent stops them all).
 """
 
 from __future__ import annotations
@@ -53,18 +56,7 @@ def child_main(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> int:
     worker = Worker(settings)
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("worker_forced_exit", in_flight=worker.in_flight)
-            os._exit(EXIT_FAILED)
-        worker.request_stop()
-
-    loop.add_signal_handler(signal.SIGTERM, on_signal)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)  # idempotent
     return await worker.run()
 
 

@@ -24,12 +24,19 @@ PRODUCE_CHUNK = 5_000
 @contextlib.contextmanager
 def running_broker() -> Iterator[str]:
     """A fresh single-node broker for this run; yields its bootstrap address, stops it after."""
+    with running_broker_at() as (bootstrap, _):
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def running_broker_at() -> Iterator[tuple[str, Path]]:
+    """A fresh single-node broker; yields its bootstrap address and its data folder, stops it after."""
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as home:
         config = local.BrokerConfig(
             home=Path(home), port=local.free_port(), controller_port=local.free_port(), libs=REPO / ".kafka" / "libs"
         )
         try:
-            yield local.start(config, timeout_s=BROKER_START_TIMEOUT_S)
+            yield local.start(config, timeout_s=BROKER_START_TIMEOUT_S), config.data_dir
         finally:
             local.stop(config)
 

@@ -16,6 +16,7 @@ log = structlog.get_logger("streamscore.transport")
 
 #: Kafka's default `max.message.bytes` of a topic (and `message.max.bytes` of a broker).
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -52,6 +53,8 @@ async def topic_limits(connection: Connection, topics: Sequence[str]) -> dict[st
 def _limits_in(response: object) -> dict[str, int]:
     found: dict[str, int] = {}
     for error_code, _message, _kind, name, entries, *_ in getattr(response, "resources", []):
+        if error_code == UNKNOWN_TOPIC:  # not created yet (an unused shadow topic): Kafka's default will apply
+            continue
         if error_code != 0:
             log.warning("topic_limit_unknown", topic=name, error_code=error_code, assumed=DEFAULT_MAX_MESSAGE_BYTES)
             continue

@@ -43,7 +43,7 @@ DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_RETRY_ATTEMPTS = 5
 DEFAULT_RETRY_MAX_S = 30.0
-DEFAULT_COMPRESSION = "lz4"  # chosen by `python -m bench --scenarios compression` (bench/README.md)
+DEFAULT_COMPRESSION = "zstd"  # chosen by `python -m bench.compression`: smallest, no slower (bench/README.md)
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
 

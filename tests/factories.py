@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 import orjson
 
 from schemas.records import InputRecord
@@ -56,3 +57,16 @@ def flip_byte(root: Path, version: str, name: str = "mlp") -> bytes:
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
     return before
+
+
+def make_external_data_model(folder: Path, location: str = "weights.bin", *, scale: float = 1.0) -> Path:
+    """An MLP saved as `<folder>/model.onnx` with every initializer in `<folder>/<location>`."""
+    from demo.models import make_mlp
+
+    model = onnx.load(make_mlp(folder.parent / f"{folder.name}-inline.onnx", scale=scale))
+    path = folder / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
+    return path

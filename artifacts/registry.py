@@ -7,20 +7,13 @@ last: a version without a manifest does not exist yet.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import zlib
 from pathlib import Path
 
+from artifacts.integrity import check_model, inflate
 from artifacts.manifest import MANIFEST_FILE, Manifest, check_name, version_key
 from artifacts.storage import LocalStorage, Storage, StorageError
-from schemas.errors import ModelLoadError
 
 DEFAULT_MODEL_ROOT = "models"  # the registry folder, relative to where the command runs
-
-
-class ArtifactError(ModelLoadError):
-    """An artifact does not match its manifest (corrupted, truncated, replaced)."""
 
 
 class Registry:
@@ -54,22 +47,13 @@ class Registry:
         return self.storage.exists(f"{name}/{version}/{MANIFEST_FILE}")
 
     def read_model(self, name: str, version: str) -> bytes:
-        """The ONNX bytes of a version, decompressed and checked against the manifest's sha256."""
+        """The ONNX bytes of a version, decompressed (never past the manifest's size) and checked
+        against the manifest's sha256; ArtifactError when they do not match."""
         manifest = self.manifest(name, version)
+        where = f"model {name} version {version}"
         stored = self.storage.read(f"{name}/{version}/{manifest.artifact}")
-        try:
-            model = gzip.decompress(stored) if manifest.compression == "gzip" else stored
-        except (OSError, EOFError, zlib.error) as error:
-            raise ArtifactError(
-                f"model {name} version {version}: the artifact is not valid gzip ({error}); it was corrupted, "
-                "push the model again as a new version"
-            ) from None
-        digest = hashlib.sha256(model).hexdigest()
-        if digest != manifest.sha256:
-            raise ArtifactError(
-                f"model {name} version {version}: sha256 {digest[:12]}... does not match the manifest's "
-                f"{manifest.sha256[:12]}...; the artifact was corrupted or replaced, push it again as a new version"
-            )
+        model = inflate(where, manifest, stored) if manifest.compression == "gzip" else stored
+        check_model(where, manifest, model)
         return model
 
     def folder(self, name: str, version: str) -> Path | None:

@@ -144,8 +144,8 @@ def load_model(
         )
     except Exception as error:
         raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} ({where}): {error}") from error
-    inputs = tuple(_input_spec(arg) for arg in session.get_inputs())
-    outputs = tuple(_output_spec(arg, name) for arg in session.get_outputs())
+    inputs = tuple(_input_spec(arg, name, version) for arg in session.get_inputs())
+    outputs = tuple(_output_spec(arg, name, version) for arg in session.get_outputs())
     model = LoadedModel(name, version, sha256 or hashlib.sha256(content).hexdigest(), session, inputs, outputs)
     warm_up(model)
     return model
@@ -167,15 +167,17 @@ def warm_up(model: LoadedModel) -> None:
         ) from error
 
 
-def _input_spec(arg: Any) -> InputSpec:
+def _input_spec(arg: Any, model: str, version: str) -> InputSpec:
     datatype = ORT_DATATYPES.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"input {arg.name!r} has type {arg.type}; only tensors can be fed")
+        raise ModelLoadError(
+            f"model {model} version {version}: input {arg.name!r} has type {arg.type}; only tensors can be fed"
+        )
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or []))
     return InputSpec(arg.name, datatype, shape)
 
 
-def _output_spec(arg: Any, model: str) -> OutputSpec:
+def _output_spec(arg: Any, model: str, version: str) -> OutputSpec:
     kind_type: str = arg.type
     if kind_type in ORT_DATATYPES:
         return OutputSpec(arg.name, "tensor", ORT_DATATYPES[kind_type])
@@ -184,4 +186,4 @@ def _output_spec(arg: Any, model: str) -> OutputSpec:
     inner = kind_type.removeprefix("seq(").removesuffix(")")
     if kind_type.startswith("seq(") and inner in ORT_DATATYPES:
         return OutputSpec(arg.name, "seq_tensor", ORT_DATATYPES[inner])
-    raise ModelLoadError(f"model {model}: output {arg.name!r} of type {kind_type} cannot be served")
+    raise ModelLoadError(f"model {model} version {version}: output {arg.name!r} of type {kind_type} cannot be served")

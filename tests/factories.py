@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,11 @@ def make_external_data_model(folder: Path, location: str = "weights.bin", *, sca
         model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
     )
     return path
+
+
+def make_gzip_bomb(expanded: int) -> bytes:
+    """A gzip stream of `expanded` zero bytes (about a thousand times smaller), built without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # | 16: a gzip header and trailer
+    chunk = bytes(1 << 20)
+    parts = [packer.compress(chunk[: min(len(chunk), expanded - done)]) for done in range(0, expanded, len(chunk))]
+    return b"".join([*parts, packer.flush()])

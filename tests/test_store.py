@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from artifacts.registry import ArtifactError, Registry
+from artifacts.integrity import ArtifactError
+from artifacts.registry import Registry
 from demo.models import make_mlp
 from registry.push import push_model
 from schemas.control import DesiredState
@@ -91,3 +92,33 @@ def test_an_unknown_pinned_version_is_not_found(root: Path) -> None:
 
     with pytest.raises(ModelNotFoundError, match="no version '9'"):
         store.check_exists("mlp", "9")
+
+
+# -- whatever a version raises, it is refused; what loads is what was verified --------------------
+
+
+def test_an_artifact_that_is_a_directory_is_refused_not_raised(root: Path) -> None:
+    """Version 3's model file is a directory: load raises ModelLoadError naming it, and 2 serves."""
+    artifact = next((root / "mlp" / "3").glob("model.onnx*"))
+    artifact.unlink()
+    artifact.mkdir()
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelLoadError, match=r"model mlp version 3 .*Is a directory"):
+        store.load("mlp", "3")
+
+    assert "2" == store.default_version()
+
+
+def test_a_memory_error_while_reading_a_version_is_a_refusal(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading version 3 raises MemoryError: load raises ModelLoadError naming the version and the cause."""
+    store = ModelStore(root, default_name="mlp")
+
+    def exhausted(key: str) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(store.registry.storage, "read", exhausted)
+    with pytest.raises(ModelLoadError, match=r"model mlp version 3 cannot be loaded \(MemoryError\)"):
+        store.load("mlp", "3")
+
+    assert "model mlp version 3 cannot be loaded (MemoryError)" in store.refused[("mlp", "3")]

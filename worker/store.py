@@ -2,9 +2,10 @@
 
 Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
 artifact, verified by sha256 on load) or, for models copied in by hand, from a plain
-`<name>/<version>/model.onnx`. A version that fails to load is remembered as refused (here, and
-only here) and not tried again until `forget_refusal`. Which version serves a request is
-`worker.lineup`'s question; this module only finds, loads and keeps versions.
+`<name>/<version>/model.onnx`. A version that fails to load, whatever it raises, is remembered as
+refused (here, and only here) and not tried again until `forget_refusal`: a model file never
+stops the worker. Which version serves a request is `worker.lineup`'s question; this module only
+finds, loads and keeps versions.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pathlib import Path
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
 from artifacts.runtime import LoadedModel, load_model
-from artifacts.storage import StorageError
-from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from schemas.errors import ModelLoadError, ModelNotFoundError, StreamscoreError
 from worker.lineup import Key
 from worker.settings import Settings
 
@@ -117,21 +117,19 @@ class ModelStore:
             raise ModelLoadError(self._refused[(name, version)])
         try:
             model = self._load(name, version)
-        except ModelLoadError as error:
-            self._refused[(name, version)] = str(error)
-            raise
+        except Exception as error:  # MemoryError, OSError, ...: a version refused, never a crash
+            refusal = refusal_of(name, version, error)
+            self._refused[(name, version)] = str(refusal)
+            raise refusal from error
         self._loaded[(name, version)] = model
         return model
 
     def _load(self, name: str, version: str) -> LoadedModel:
         threads = self.intra_op_threads
-        try:
-            if not self.registry.has(name, version):
-                return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
-            manifest = self.registry.manifest(name, version)
-            content = self.registry.read_model(name, version)  # sha256 checked against the manifest
-        except (StorageError, ConfigError) as error:
-            raise ModelLoadError(f"model {name} version {version}: {error}") from error
+        if not self.registry.has(name, version):
+            return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
+        manifest = self.registry.manifest(name, version)
+        content = self.registry.read_model(name, version)  # sha256 checked against the manifest
         if manifest.external_data:  # onnxruntime finds external data beside a file, not beside bytes
             source = self.root / name / version / manifest.artifact
             return load_model(source, name, version, sha256=manifest.sha256, intra_op_threads=threads)
@@ -146,3 +144,17 @@ class ModelStore:
         keep = set(versions)
         for key in [k for k in self._loaded if k[0] == name and k[1] not in keep]:
             del self._loaded[key]
+
+
+def refusal_of(name: str, version: str, error: Exception) -> ModelLoadError:
+    """`error`, raised while loading a version, as the ModelLoadError that refuses it."""
+    if isinstance(error, ModelLoadError):
+        return error
+    if isinstance(error, StreamscoreError):  # ours (an unreadable manifest, a missing file) say what happened
+        cause = str(error)
+    else:  # MemoryError has no message; OSError's names the file
+        cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return ModelLoadError(
+        f"model {name} version {version} cannot be loaded ({cause}); it is refused and what served before keeps "
+        "serving: fix or remove its folder, or push the model again as a new version"
+    )

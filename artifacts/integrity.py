@@ -1,14 +1,16 @@
-"""What the bytes of a version must match: the model's sha256, and a gzip artifact bounded by its size.
+"""What the bytes of a version must match: the sha256 of every file, and a gzip artifact bounded by its size.
 
-Pure checks on bytes already read: `artifacts.registry` reads a version's artifact and asks
+Pure checks on bytes already read: `artifacts.registry` reads a version's files once and asks
 these; each failure is an ArtifactError naming the version, the file, what was found and what
-to do.
+to do. A manifest written before per-file digests (no `files`) still has the model's sha256:
+its artifact is checked by that, and its external data is reported by `unverified_files`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Mapping
 
 from artifacts.manifest import Manifest
 from schemas.errors import ModelLoadError
@@ -24,6 +26,32 @@ class ArtifactError(ModelLoadError):
 def sha256_of(data: bytes) -> str:
     """The hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_digests(files: Mapping[str, bytes]) -> dict[str, str]:
+    """The sha256 of each file by relative path, as a manifest records them in `files`."""
+    return {relative: sha256_of(data) for relative, data in sorted(files.items())}
+
+
+def check_files(where: str, manifest: Manifest, stored: Mapping[str, bytes]) -> None:
+    """ArtifactError for a stored file whose sha256 is not the manifest's (a manifest without `files` checks none)."""
+    if not manifest.files:
+        return
+    for relative, data in stored.items():
+        expected = manifest.files.get(relative)
+        if expected is None:
+            raise ArtifactError(f"{where}: the manifest records no sha256 for {relative}; it was edited: {REPUSH}")
+        found = sha256_of(data)
+        if found != expected:
+            raise ArtifactError(
+                f"{where}: {relative} has sha256 {found[:12]}... where the manifest says {expected[:12]}...; the file "
+                f"was corrupted or replaced after the push: {REPUSH}"
+            )
+
+
+def unverified_files(manifest: Manifest) -> list[str]:
+    """The files of a version no digest covers: the external data of a manifest older than `files`."""
+    return [] if manifest.files else list(manifest.external_data)
 
 
 def inflate(where: str, manifest: Manifest, stored: bytes) -> bytes:

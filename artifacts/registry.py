@@ -1,19 +1,31 @@
-"""The model registry: versions of models, each an immutable artifact and its manifest.
+"""The model registry: versions of models, each an immutable set of files and its manifest.
 
 Layout in the storage: `<name>/<version>/manifest.json` beside the artifact (`model.onnx`, or
-`model.onnx.gz` when stored compressed) and any external-data files. The manifest is written
-last: a version without a manifest does not exist yet.
+`model.onnx.gz` when stored compressed) and any external-data files; the manifest records the
+sha256 of every file. The manifest is written last: a version without a manifest does not exist yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts.integrity import check_model, inflate
+from artifacts.integrity import check_files, check_model, file_digests, inflate, unverified_files
 from artifacts.manifest import MANIFEST_FILE, Manifest, check_name, version_key
 from artifacts.storage import LocalStorage, Storage, StorageError
 
 DEFAULT_MODEL_ROOT = "models"  # the registry folder, relative to where the command runs
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version as read from the registry: every file read once and checked against the manifest."""
+
+    manifest: Manifest
+    model: bytes  # the ONNX model, decompressed; its sha256 is the manifest's
+    external: dict[str, bytes]  # the external-data files, by path relative to the model
+    unverified: tuple[str, ...]  # files no digest covers (the external data of a manifest without `files`)
 
 
 class Registry:
@@ -46,30 +58,45 @@ class Registry:
     def has(self, name: str, version: str) -> bool:
         return self.storage.exists(f"{name}/{version}/{MANIFEST_FILE}")
 
-    def read_model(self, name: str, version: str) -> bytes:
-        """The ONNX bytes of a version, decompressed (never past the manifest's size) and checked
-        against the manifest's sha256; ArtifactError when they do not match."""
+    def read_version(self, name: str, version: str) -> StoredVersion:
+        """Every file of a version, read once: each checked against its sha256, the artifact
+        decompressed (never past the manifest's size) and checked against the model's sha256.
+
+        Raises ArtifactError when a file does not match, StorageError when one cannot be read.
+        """
         manifest = self.manifest(name, version)
         where = f"model {name} version {version}"
-        stored = self.storage.read(f"{name}/{version}/{manifest.artifact}")
-        model = inflate(where, manifest, stored) if manifest.compression == "gzip" else stored
+        stored = {
+            relative: self.storage.read(f"{name}/{version}/{relative}")
+            for relative in (manifest.artifact, *manifest.external_data)
+        }
+        check_files(where, manifest, stored)
+        artifact = stored.pop(manifest.artifact)
+        model = inflate(where, manifest, artifact) if manifest.compression == "gzip" else artifact
         check_model(where, manifest, model)
-        return model
+        return StoredVersion(manifest, model, stored, tuple(unverified_files(manifest)))
+
+    def read_model(self, name: str, version: str) -> bytes:
+        """The ONNX bytes of a version, decompressed and checked (`read_version`)."""
+        return self.read_version(name, version).model
 
     def folder(self, name: str, version: str) -> Path | None:
         """The local folder of a version (for models with external data), if the store has one."""
         path = self.storage.local_path(f"{name}/{version}/{MANIFEST_FILE}")
         return None if path is None else path.parent
 
-    def add(self, manifest: Manifest, artifact: bytes, extra: dict[str, bytes] | None = None) -> None:
-        """Store a new version: its artifact and extra files first, the manifest last."""
+    def add(self, manifest: Manifest, artifact: bytes, extra: dict[str, bytes] | None = None) -> Manifest:
+        """Store a new version: its artifact and extra files first, the manifest last; the manifest as
+        stored, with the sha256 of every file in `files`. StorageError if the version exists."""
         name, version = check_name("model name", manifest.name), check_name("model version", manifest.version)
         if self.has(name, version):
             raise StorageError(f"model {name} version {version} already exists; versions are immutable")
-        for relative, data in (extra or {}).items():
+        files = {**(extra or {}), manifest.artifact: artifact}
+        stored = dataclasses.replace(manifest, files=file_digests(files))
+        for relative, data in files.items():
             self.storage.write_new(f"{name}/{version}/{relative}", data)
-        self.storage.write_new(f"{name}/{version}/{manifest.artifact}", artifact)
-        self.storage.write_new(f"{name}/{version}/{MANIFEST_FILE}", manifest.to_json())
+        self.storage.write_new(f"{name}/{version}/{MANIFEST_FILE}", stored.to_json())
+        return stored
 
     def record(self, name: str, version: str, event: dict[str, object]) -> None:
         """Append an event (an optimization attempt, ...) to a version's manifest history."""

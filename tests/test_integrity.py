@@ -1,18 +1,36 @@
-"""What a version's bytes must match: a gzip artifact expands no further than its manifest says."""
+"""What a version's bytes must match: every file's sha256, a bounded gzip, the exact bytes loaded."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
+import tempfile
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from artifacts.integrity import ArtifactError, inflate
 from artifacts.manifest import Manifest
 from artifacts.registry import Registry
+from artifacts.runtime import load_model, load_verified
+from demo.models import make_mlp
 from registry.push import push_model
 from tests.factories import make_external_data_model, make_gzip_bomb
+
+ROWS = np.random.default_rng(3).random((4, 8), dtype=np.float32)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture
@@ -25,6 +43,42 @@ def registry(tmp_path: Path) -> Registry:
 def external(tmp_path: Path, registry: Registry) -> Manifest:
     """mlp version 1, pushed with its weights in weights.bin."""
     return push_model(registry, make_external_data_model(tmp_path / "exported"), name="mlp", version="1")
+
+
+# -- the manifest --------------------------------------------------------------------------------
+
+
+def test_push_records_the_sha256_of_every_stored_file(tmp_path: Path, registry: Registry, external: Manifest) -> None:
+    """The manifest's `files` holds the sha256 of the artifact and of weights.bin, as stored."""
+    folder = tmp_path / "registry" / "mlp" / "1"
+
+    expected = {name: _sha256((folder / name).read_bytes()) for name in ("model.onnx", "weights.bin")}
+    assert expected == external.files
+    assert external == registry.manifest("mlp", "1")
+
+
+def test_a_gzip_artifact_is_recorded_as_stored(tmp_path: Path, registry: Registry) -> None:
+    """For a gzip artifact, `files` has the digest of the compressed file; `sha256` stays the model's."""
+    path = make_mlp(tmp_path / "m.onnx", features=64, hidden=256)
+
+    manifest = push_model(registry, path, name="m")
+
+    stored = (tmp_path / "registry" / "m" / "1" / "model.onnx.gz").read_bytes()
+    assert ("gzip", {"model.onnx.gz": _sha256(stored)}) == (manifest.compression, manifest.files)
+    assert _sha256(path.read_bytes()) == manifest.sha256
+
+
+def test_the_manifest_round_trips_through_json_with_its_files(external: Manifest) -> None:
+    """to_json then from_json gives back the same manifest, `files` included."""
+    assert external == Manifest.from_json(external.to_json())
+
+
+def test_a_manifest_written_before_files_is_still_read(external: Manifest) -> None:
+    """A manifest without `files` (an older push) reads, with no file digests."""
+    body = orjson.loads(external.to_json())
+    del body["files"]
+
+    assert {} == Manifest.from_json(orjson.dumps(body)).files
 
 
 # -- bounded decompression -----------------------------------------------------------------------
@@ -65,3 +119,53 @@ def test_a_manifest_size_past_what_onnx_can_hold_is_refused(external: Manifest) 
     """A size over protobuf's 2 GiB limit is no bound at all: refused before inflating."""
     with pytest.raises(ArtifactError, match="more than an ONNX file can hold"):
         inflate("m", _gzip_manifest(external, 2**40), gzip.compress(b"x"))
+
+
+# -- reading a version ---------------------------------------------------------------------------
+
+
+def test_an_external_data_file_changed_after_push_is_refused(
+    tmp_path: Path, registry: Registry, external: Manifest
+) -> None:
+    """One flipped byte in weights.bin makes read_version raise, naming the version and the file."""
+    _flip(tmp_path / "registry" / "mlp" / "1" / "weights.bin")
+
+    with pytest.raises(ArtifactError, match=r"model mlp version 1: weights\.bin has sha256 .* where the manifest says"):
+        registry.read_version("mlp", "1")
+
+
+def test_an_old_manifest_checks_its_model_and_reports_its_external_data_unverified(
+    tmp_path: Path, registry: Registry, external: Manifest
+) -> None:
+    """Without `files`, the model is checked by `sha256` and weights.bin is listed as unverified."""
+    path = tmp_path / "registry" / "mlp" / "1" / "manifest.json"
+    body = orjson.loads(path.read_bytes())
+    del body["files"]
+    path.write_bytes(orjson.dumps(body))
+
+    stored = registry.read_version("mlp", "1")
+
+    assert ("weights.bin",) == stored.unverified
+    assert external.sha256 == _sha256(stored.model)
+
+
+# -- loading the exact bytes ---------------------------------------------------------------------
+
+
+def test_load_verified_runs_the_bytes_it_was_given_not_the_files_on_disk(
+    tmp_path: Path, registry: Registry, external: Manifest
+) -> None:
+    """The weights on disk change after they were read: the loaded model still gives the read weights'
+    outputs, and the private folder it was loaded from is gone."""
+    stored = registry.read_version("mlp", "1")
+    reference = load_verified(stored.model, stored.external, "mlp", "1", sha256=external.sha256)
+    _flip(tmp_path / "registry" / "mlp" / "1" / "weights.bin")
+    before = set(Path(tempfile.gettempdir()).glob("streamscore-load-*"))
+
+    loaded = load_verified(stored.model, stored.external, "mlp", "1", sha256=external.sha256)
+
+    expected = reference.run({"x": ROWS})["probabilities"].data
+    np.testing.assert_array_equal(expected, loaded.run({"x": ROWS})["probabilities"].data)
+    assert before == set(Path(tempfile.gettempdir()).glob("streamscore-load-*"))
+    on_disk = load_model(tmp_path / "registry" / "mlp" / "1" / "model.onnx", "mlp", "1")
+    assert not np.array_equal(expected, on_disk.run({"x": ROWS})["probabilities"].data)  # the flip matters

@@ -20,7 +20,7 @@ from demo.models import make_mlp
 from registry.push import push_model
 from schemas import headers as h
 from schemas.codec import encode_request
-from tests.factories import make_gzip_bomb
+from tests.factories import make_external_data_model, make_gzip_bomb
 from tests.harness import Out, header, produce, read_topic, responses, run_burst
 from worker.settings import Settings
 
@@ -126,3 +126,25 @@ async def test_an_artifact_that_raises_is_refused_and_version_1_keeps_serving(
     [why] = reasons(dead)
     assert "model mlp version 2" in why
     assert reason in why
+
+
+async def test_a_version_whose_external_data_changed_after_push_is_refused(
+    settings: Settings, root: Path, tmp_path: Path
+) -> None:
+    """Scenario:
+    1. Version 2 keeps its weights in weights.bin and is pushed; then one byte of weights.bin changes.
+    2. A burst worker gets 20 requests without a pin and 10 pinning version 2.
+    The 20 are scored by version 1; the 10 are dead-lettered naming weights.bin's sha256 mismatch.
+    """
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported", scale=3.0), name="mlp", version="2")
+    weights = root / "mlp" / "2" / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+    scored, dead = await score(settings)
+
+    assert {f"u{i}": "1" for i in range(20)} == scored
+    [why] = reasons(dead)
+    assert "model mlp version 2" in why
+    assert "weights.bin has sha256" in why

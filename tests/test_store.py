@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import onnxruntime as ort
+import orjson
 import pytest
+from structlog.testing import CapturingLogger
 
+import worker.store as store_module
 from artifacts.integrity import ArtifactError
 from artifacts.registry import Registry
 from demo.models import make_mlp
 from registry.push import push_model
 from schemas.control import DesiredState
 from schemas.errors import ModelLoadError, ModelNotFoundError
-from tests.factories import flip_byte, make_mlp_registry
+from tests.factories import flip_byte, make_external_data_model, make_mlp_registry
 from worker.lineup import Chosen, Lineup
 from worker.serving import Serving
 from worker.store import ModelStore
@@ -122,3 +127,59 @@ def test_a_memory_error_while_reading_a_version_is_a_refusal(root: Path, monkeyp
         store.load("mlp", "3")
 
     assert "model mlp version 3 cannot be loaded (MemoryError)" in store.refused[("mlp", "3")]
+
+
+def test_external_data_changed_after_push_is_refused_and_version_3_serves(root: Path, tmp_path: Path) -> None:
+    """Version 4 keeps its weights in weights.bin, one byte of which changes: it is refused naming the file."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    _flip(root / "mlp" / "4" / "weights.bin")
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelLoadError, match=r"model mlp version 4: weights\.bin has sha256"):
+        store.load("mlp", "4")
+
+    assert "3" == store.default_version()
+
+
+def test_external_data_is_loaded_from_a_private_copy_of_the_verified_bytes(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime is given a model path outside the registry, in a folder only this process may read,
+    which is gone once the version is loaded."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    real_session, seen = ort.InferenceSession, []
+
+    def spy(source: object, *args: object, **kwargs: object) -> object:
+        folder = Path(str(source)).parent
+        seen.append((folder, stat.S_IMODE(folder.stat().st_mode)))
+        return real_session(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    ModelStore(root, default_name="mlp").load("mlp", "4")
+
+    [(folder, mode)] = seen
+    assert (False, 0o700, False) == (folder.is_relative_to(root), mode, folder.exists())
+
+
+def test_an_old_manifest_loads_and_logs_its_external_data_unverified(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version whose manifest has no per-file digests loads, with a warning naming weights.bin."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    manifest = root / "mlp" / "4" / "manifest.json"
+    body = orjson.loads(manifest.read_bytes())
+    del body["files"]
+    manifest.write_bytes(orjson.dumps(body))
+    captured = CapturingLogger()
+    monkeypatch.setattr(store_module, "log", captured)
+
+    ModelStore(root, default_name="mlp").load("mlp", "4")
+
+    [call] = captured.calls
+    assert ("model_external_data_unverified", ["weights.bin"]) == (call.args[0], call.kwargs["files"])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

@@ -1,11 +1,11 @@
 """The model versions under a worker's model root, and loading them: the worker's only model I/O.
 
 Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
-artifact, verified by sha256 on load) or, for models copied in by hand, from a plain
-`<name>/<version>/model.onnx`. A version that fails to load, whatever it raises, is remembered as
-refused (here, and only here) and not tried again until `forget_refusal`: a model file never
-stops the worker. Which version serves a request is `worker.lineup`'s question; this module only
-finds, loads and keeps versions.
+artifact: every file read once, checked against its sha256, and loaded from exactly those bytes)
+or, for models copied in by hand, from a plain `<name>/<version>/model.onnx`. A version that
+fails to load, whatever it raises, is remembered as refused (here, and only here) and not tried
+again until `forget_refusal`: a model file never stops the worker. Which version serves a request
+is `worker.lineup`'s question; this module only finds, loads and keeps versions.
 """
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import structlog
+
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
-from artifacts.runtime import LoadedModel, load_model
+from artifacts.runtime import LoadedModel, load_model, load_verified
 from schemas.errors import ModelLoadError, ModelNotFoundError, StreamscoreError
 from worker.lineup import Key
 from worker.settings import Settings
+
+log = structlog.get_logger("streamscore.store")
+
+PUSH_HINT = "push it with `streamscore model push` so that its files are checked at every load"
 
 
 class ModelStore:
@@ -128,12 +134,19 @@ class ModelStore:
         threads = self.intra_op_threads
         if not self.registry.has(name, version):
             return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
-        manifest = self.registry.manifest(name, version)
-        content = self.registry.read_model(name, version)  # sha256 checked against the manifest
-        if manifest.external_data:  # onnxruntime finds external data beside a file, not beside bytes
-            source = self.root / name / version / manifest.artifact
-            return load_model(source, name, version, sha256=manifest.sha256, intra_op_threads=threads)
-        return load_model(content, name, version, sha256=manifest.sha256, intra_op_threads=threads)
+        stored = self.registry.read_version(name, version)  # each file read once and checked
+        if stored.unverified:
+            log.warning(
+                "model_external_data_unverified",
+                model=name,
+                version=version,
+                files=list(stored.unverified),
+                reason="its manifest predates per-file sha256 (files)",
+                hint=PUSH_HINT,
+            )
+        return load_verified(
+            stored.model, stored.external, name, version, sha256=stored.manifest.sha256, intra_op_threads=threads
+        )
 
     def forget_refusal(self, name: str, version: str) -> None:
         """Allow another attempt at a version refused before (a new desired state names it)."""

@@ -2,7 +2,8 @@
 
 Layout in the storage: `<name>/<version>/manifest.json` beside the artifact (`model.onnx`, or
 `model.onnx.gz` when stored compressed) and any external-data files; the manifest records the
-sha256 of every file. The manifest is written last: a version without a manifest does not exist yet.
+sha256 of every file. The manifest is written last: a version without a manifest does not exist yet,
+unless its folder holds a plain `model.onnx`: a version copied in by hand, served, but unverified.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.integrity import check_files, check_model, file_digests, inflate, unverified_files
-from artifacts.manifest import MANIFEST_FILE, Manifest, check_name, version_key
+from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, check_name, version_key
 from artifacts.storage import LocalStorage, Storage, StorageError
 
 DEFAULT_MODEL_ROOT = "models"  # the registry folder, relative to where the command runs
@@ -40,13 +41,24 @@ class Registry:
         return cls(LocalStorage(Path(root)))
 
     def models(self) -> list[str]:
-        """Names of the models that have at least one version."""
-        return [name for name in self.storage.list("") if self.versions(name)]
+        """Names of the models that have at least one version (pushed, or copied by hand)."""
+        return [name for name in self.storage.list("") if self.versions(name) or self.unverified_versions(name)]
 
     def versions(self, name: str) -> list[str]:
         """The versions of `name` that have a manifest, oldest first."""
         check_name("model name", name)
         found = [v for v in self.storage.list(name) if self.storage.exists(f"{name}/{v}/{MANIFEST_FILE}")]
+        return sorted(found, key=version_key)
+
+    def unverified_versions(self, name: str) -> list[str]:
+        """The versions of `name` copied in by hand: a plain model.onnx and no manifest, oldest first."""
+        check_name("model name", name)
+        exists = self.storage.exists
+        found = [
+            v
+            for v in self.storage.list(name)
+            if exists(f"{name}/{v}/{MODEL_FILE}") and not exists(f"{name}/{v}/{MANIFEST_FILE}")
+        ]
         return sorted(found, key=version_key)
 
     def manifest(self, name: str, version: str) -> Manifest:

@@ -6,7 +6,10 @@ worker must keep scoring with what it can trust, exit 0 in burst mode, and say w
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from registry.push import push_model
 from schemas import headers as h
 from schemas.codec import encode_request
 from tests.factories import make_external_data_model, make_gzip_bomb
-from tests.harness import Out, header, produce, read_topic, responses, run_burst
+from tests.harness import Out, header, model_cli, produce, read_topic, responses, run_burst, start_worker
 from worker.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -148,3 +151,35 @@ async def test_a_version_whose_external_data_changed_after_push_is_refused(
     [why] = reasons(dead)
     assert "model mlp version 2" in why
     assert "weights.bin has sha256" in why
+
+
+async def test_a_version_copied_by_hand_is_served_and_logged_unverified(
+    settings: Settings, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario:
+    1. Version 2 is a plain mlp/2/model.onnx copied by hand: no manifest.
+    2. A worker process scores 20 requests in burst mode, its logs in JSON.
+    Version 2 scores them; the worker logs model_version_unverified for it; `model show` lists it as
+    "unverified (no manifest)".
+    """
+    (root / "mlp" / "2").mkdir()
+    shutil.copy(make_mlp(tmp_path / "mlp-2.onnx", scale=3.0), root / "mlp" / "2" / "model.onnx")
+    await produce(settings.bootstrap_servers, settings.input_topic, requests("u", 20))
+    logs = tmp_path / "worker.log"
+    names = ("bootstrap_servers", "input_topic", "results_topic", "dead_letter_topic", "group_id", "model_root")
+    worker = start_worker(
+        {**{name: getattr(settings, name) for name in names}, "control_topic": "", "burst": True, "log_format": "json"},
+        logs,
+    )
+    assert 0 == await asyncio.to_thread(worker.wait, 120)
+
+    results = await read_topic(settings.bootstrap_servers, settings.results_topic, expect=20)
+    assert {"2"} == {r.model_version for r in responses(results)}
+    events = [json.loads(line) for line in logs.read_text().splitlines() if line.startswith("{")]
+    [unverified] = [e for e in events if e["event"] == "model_version_unverified"]
+    assert ("mlp", "2", "warning") == (unverified["model"], unverified["version"], unverified["level"])
+    assert "streamscore model push" in unverified["hint"]
+    capsys.readouterr()
+    assert 0 == await model_cli(settings.replace(control_topic=f"control-{uuid.uuid4().hex[:8]}"), "show", "mlp")
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "version 2" in line]
+    assert "unverified (no manifest)" in line

@@ -161,6 +161,21 @@ def test_external_data_is_loaded_from_a_private_copy_of_the_verified_bytes(
     assert (False, 0o700, False) == (folder.is_relative_to(root), mode, folder.exists())
 
 
+def test_a_version_copied_by_hand_loads_and_is_logged_unverified(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlp/4/model.onnx without a manifest serves, with a model_version_unverified warning saying how to fix it."""
+    (root / "mlp" / "4").mkdir()
+    (root / "mlp" / "4" / "model.onnx").write_bytes(Registry.at(root).read_model("mlp", "1"))
+    captured = CapturingLogger()
+    monkeypatch.setattr(store_module, "log", captured)
+
+    assert "4" == ModelStore(root, default_name="mlp").load("mlp", "4").version
+
+    [call] = captured.calls
+    assert ("warning", ("model_version_unverified",)) == (call.method_name, call.args)
+    assert ("mlp", "4") == (call.kwargs["model"], call.kwargs["version"])
+    assert "streamscore model push" in call.kwargs["hint"]
+
+
 def test_an_old_manifest_loads_and_logs_its_external_data_unverified(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,10 +2,11 @@
 
 Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
 artifact: every file read once, checked against its sha256, and loaded from exactly those bytes)
-or, for models copied in by hand, from a plain `<name>/<version>/model.onnx`. A version that
-fails to load, whatever it raises, is remembered as refused (here, and only here) and not tried
-again until `forget_refusal`: a model file never stops the worker. Which version serves a request
-is `worker.lineup`'s question; this module only finds, loads and keeps versions.
+or, for models copied in by hand, from a plain `<name>/<version>/model.onnx`, loaded unverified
+(and logged as such). A version that fails to load, whatever it raises, is remembered as refused
+(here, and only here) and not tried again until `forget_refusal`: a model file never stops the
+worker. Which version serves a request is `worker.lineup`'s question; this module only finds,
+loads and keeps versions.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class ModelStore:
     def _load(self, name: str, version: str) -> LoadedModel:
         threads = self.intra_op_threads
         if not self.registry.has(name, version):
+            log.warning("model_version_unverified", model=name, version=version, reason="no manifest", hint=PUSH_HINT)
             return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
         stored = self.registry.read_version(name, version)  # each file read once and checked
         if stored.unverified:

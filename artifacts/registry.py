@@ -2,8 +2,10 @@
 
 Layout in the storage: `<name>/<version>/manifest.json` beside the artifact (`model.onnx`, or
 `model.onnx.gz` when stored compressed) and any external-data files; the manifest records the
-sha256 of every file. The manifest is written last: a version without a manifest does not exist yet,
-unless its folder holds a plain `model.onnx`: a version copied in by hand, served, but unverified.
+sha256 of every file. A version appears whole or not at all: `add` writes its files into a
+staging folder and renames it into place (`Storage.write_version`), so a push that fails or
+crashes leaves only a `.staging-*` folder, which no listing shows. A folder holding a plain
+`model.onnx` and no manifest was copied in by hand: it is served, but nothing verifies it.
 """
 
 from __future__ import annotations
@@ -98,16 +100,14 @@ class Registry:
         return None if path is None else path.parent
 
     def add(self, manifest: Manifest, artifact: bytes, extra: dict[str, bytes] | None = None) -> Manifest:
-        """Store a new version: its artifact and extra files first, the manifest last; the manifest as
-        stored, with the sha256 of every file in `files`. StorageError if the version exists."""
+        """Store a new version whole (its artifact, extra files and manifest appear at once); the
+        manifest as stored, with the sha256 of every file in `files`. StorageError if it exists."""
         name, version = check_name("model name", manifest.name), check_name("model version", manifest.version)
         if self.has(name, version):
             raise StorageError(f"model {name} version {version} already exists; versions are immutable")
         files = {**(extra or {}), manifest.artifact: artifact}
         stored = dataclasses.replace(manifest, files=file_digests(files))
-        for relative, data in files.items():
-            self.storage.write_new(f"{name}/{version}/{relative}", data)
-        self.storage.write_new(f"{name}/{version}/{MANIFEST_FILE}", stored.to_json())
+        self.storage.write_version(f"{name}/{version}", {**files, MANIFEST_FILE: stored.to_json()})
         return stored
 
     def record(self, name: str, version: str, event: dict[str, object]) -> None:
@@ -116,6 +116,6 @@ class Registry:
         self.storage.replace(f"{name}/{version}/{MANIFEST_FILE}", updated.to_json())
 
     def next_version(self, name: str) -> str:
-        """One more than the highest numeric version of `name` ("1" for a new model)."""
-        numeric = [int(v) for v in self.versions(name) if v.isdigit()] if self.storage.list(name) else []
+        """One more than the highest numeric version folder of `name` ("1" for a new model)."""
+        numeric = [int(v) for v in self.storage.list(name) if v.isdigit()]
         return str(max(numeric, default=0) + 1)

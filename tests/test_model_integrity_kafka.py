@@ -7,7 +7,9 @@ worker must keep scoring with what it can trust, exit 0 in burst mode, and say w
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -183,3 +185,39 @@ async def test_a_version_copied_by_hand_is_served_and_logged_unverified(
     assert 0 == await model_cli(settings.replace(control_topic=f"control-{uuid.uuid4().hex[:8]}"), "show", "mlp")
     [line] = [line for line in capsys.readouterr().out.splitlines() if "version 2" in line]
     assert "unverified (no manifest)" in line
+
+
+async def test_an_interrupted_push_is_invisible_to_the_worker_and_to_model_list(
+    settings: Settings, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scenario:
+    1. Pushing version 2 fails part way: the disk refuses the second file it writes.
+    2. A push of version 3 crashed before its rename: its staging folder holds every file.
+    3. A burst worker gets 20 requests; `model list` runs.
+    The worker serves version 1 only, and `model list` shows version 1 only.
+    """
+    real_fsync, calls = os.fsync, []
+
+    def failing_fsync(descriptor: int) -> None:
+        calls.append(descriptor)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+
+    with monkeypatch.context() as patch, pytest.raises(OSError):
+        patch.setattr(os, "fsync", failing_fsync)
+        push_model(Registry.at(root), make_mlp(tmp_path / "mlp-2.onnx", scale=3.0), name="mlp", version="2")
+    staging = root / "mlp" / f".staging-{uuid.uuid4().hex}"
+    shutil.copytree(root / "mlp" / "1", staging)
+    manifest = json.loads((staging / "manifest.json").read_bytes())
+    (staging / "manifest.json").write_text(json.dumps({**manifest, "version": "3"}))
+    await produce(settings.bootstrap_servers, settings.input_topic, requests("u", 20))
+
+    assert 0 == await run_burst(settings)
+
+    results = await read_topic(settings.bootstrap_servers, settings.results_topic, expect=20)
+    assert {"1"} == {r.model_version for r in responses(results)}
+    capsys.readouterr()
+    assert 0 == await model_cli(settings.replace(control_topic=f"control-{uuid.uuid4().hex[:8]}"), "list")
+    [row] = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("mlp ")]
+    assert ["mlp", "1"] == row[:2]

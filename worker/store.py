@@ -53,7 +53,8 @@ class ModelStore:
         )
 
     def _only_model(self) -> str:
-        names = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
+        folders = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
+        names = [name for name in folders if self.versions(name)]  # not a folder of staging leftovers only
         if len(names) != 1:
             raise ModelLoadError(
                 f"no default model: {self.root} holds {len(names)} model folders ({', '.join(names)});"

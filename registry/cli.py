@@ -26,7 +26,7 @@ from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
 
 SUBCOMMANDS = (push, optimize, compare)
-PUSH_IT = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
+UNCHECKED = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -132,7 +132,7 @@ def list_models(registry: Registry, settings: RegistrySettings) -> int:
     for name in models:
         print(_list_row(registry, name, (states or {}).get(name), statuses))
     if any(registry.unverified_versions(name) for name in models):
-        print(f"(? marks a version copied by hand, without manifest: served unverified; {PUSH_IT})")
+        print(f"(? marks a version copied by hand, without manifest; {UNCHECKED})")
     if states is None:
         print("(the control topic could not be read: * is the highest version, what workers serve without one)")
     return 0
@@ -168,7 +168,8 @@ def show_model(registry: Registry, settings: RegistrySettings, name: str) -> int
     for version in versions:
         role = roles.get(version, "")
         if version in copied:
-            print(f"  version {version:<6} {role:<9} unverified (no manifest): {MODEL_FILE} copied by hand; {PUSH_IT}")
+            copied_note = f"unverified (no manifest): {MODEL_FILE} copied by hand; {UNCHECKED}"
+            print(f"  version {version:<6} {role:<9} {copied_note}")
         else:
             _print_version(version, registry.manifest(name, version), role)
     if state is not None:

@@ -1,6 +1,8 @@
 """Model versions as files: where they are stored, their manifests, loading one into onnxruntime.
 
-`storage` keeps immutable files, `manifest` describes a version, `registry` reads and adds
-versions (the sha256 of every load checked against the manifest), `runtime` loads a verified
-version into onnxruntime and runs batches, `signature` checks a request against a loaded model.
+`storage` keeps immutable files (a version written whole or not at all), `manifest` describes a
+version, `integrity` checks bytes against it (every file's sha256, a bounded gzip), `registry`
+reads and adds versions (every file read once and checked), `runtime` loads a verified version
+into onnxruntime from exactly those bytes and runs batches, `signature` checks a request against
+a loaded model.
 """

@@ -36,7 +36,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything recorded about one version. The artifact and its sha256 never change."""
+    """Everything recorded about one version. The files and their sha256 never change."""
 
     name: str
     version: str
@@ -54,6 +54,9 @@ class Manifest:
     parent: str | None = None  # the version this one was derived from (optimize)
     measurements: dict[str, Any] | None = None  # against the parent (optimize)
     history: list[dict[str, Any]] = field(default_factory=list)  # append-only events (attempts)
+    # sha256 of every stored file by relative path: the artifact as stored (gzip or not) and each
+    # external-data file; {} in manifests written before it (their artifact is checked by `sha256`)
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

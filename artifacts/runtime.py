@@ -1,7 +1,8 @@
 """ONNX models: load one version with onnxruntime, describe its signature, run it.
 
-`load_model` loads and warms up one version; `LoadedModel` runs one batch and turns whatever
-onnxruntime returns into named tensors. Which versions exist and serve is `worker.store`'s.
+`load_model` loads and warms up one version, `load_verified` one whose bytes were checked
+(exactly those bytes); `LoadedModel` runs one batch and turns whatever onnxruntime returns into
+named tensors. Which versions exist and serve is `worker.store`'s.
 
 Outputs that are not tensors: a sequence of maps (what skl2onnx's ZipMap gives for
 classifier probabilities, `[{label: p, ...}, ...]`) becomes a `[rows, labels]` tensor whose
@@ -12,6 +13,8 @@ columns follow the map's label order, with the labels in the output's
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from artifacts.manifest import MODEL_FILE
+from artifacts.storage import check_key
 from schemas.errors import InferenceError, ModelLoadError
 from schemas.tensors import DATATYPES, Tensor
 
@@ -130,10 +135,7 @@ def load_model(
     onnxruntime, an output type that cannot be served, or a warm-up inference that fails.
     """
     where = str(source) if isinstance(source, Path) else "from bytes"
-    try:
-        content = source.read_bytes() if isinstance(source, Path) else source
-    except OSError as error:
-        raise ModelLoadError(f"cannot read model {name} version {version} at {where}: {error}") from error
+    digest = sha256 or _sha256(source, name, version)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -144,11 +146,44 @@ def load_model(
         )
     except Exception as error:
         raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} ({where}): {error}") from error
-    inputs = tuple(_input_spec(arg) for arg in session.get_inputs())
-    outputs = tuple(_output_spec(arg, name) for arg in session.get_outputs())
-    model = LoadedModel(name, version, sha256 or hashlib.sha256(content).hexdigest(), session, inputs, outputs)
+    inputs = tuple(_input_spec(arg, name, version) for arg in session.get_inputs())
+    outputs = tuple(_output_spec(arg, name, version) for arg in session.get_outputs())
+    model = LoadedModel(name, version, digest, session, inputs, outputs)
     warm_up(model)
     return model
+
+
+def _sha256(source: Path | bytes, name: str, version: str) -> str:
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    try:
+        return hashlib.sha256(source.read_bytes()).hexdigest()
+    except OSError as error:
+        raise ModelLoadError(f"cannot read model {name} version {version} at {source}: {error}") from error
+
+
+def load_verified(
+    model: bytes, external: Mapping[str, bytes], name: str, version: str, *, sha256: str, intra_op_threads: int = 1
+) -> LoadedModel:
+    """Load a model and its external-data files (by relative path) from exactly these bytes, already verified.
+
+    onnxruntime reads external data only from files beside a model file. Its in-memory
+    alternative (`add_external_initializers_from_files_in_memory`) misses initializers inside
+    subgraphs (If, Loop bodies), which `model push` accepts; so the verified bytes are written
+    to a private folder (mode 0700, this process's alone), loaded from there as push loaded
+    them, and the folder is removed once the session holds the weights.
+    """
+    if not external:
+        return load_model(model, name, version, sha256=sha256, intra_op_threads=intra_op_threads)
+    folder = Path(tempfile.mkdtemp(prefix="streamscore-load-"))  # created 0700
+    try:
+        for relative, data in {**external, MODEL_FILE: model}.items():
+            path = folder.joinpath(*check_key(relative).parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return load_model(folder / MODEL_FILE, name, version, sha256=sha256, intra_op_threads=intra_op_threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def warm_up(model: LoadedModel) -> None:
@@ -167,15 +202,17 @@ def warm_up(model: LoadedModel) -> None:
         ) from error
 
 
-def _input_spec(arg: Any) -> InputSpec:
+def _input_spec(arg: Any, model: str, version: str) -> InputSpec:
     datatype = ORT_DATATYPES.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"input {arg.name!r} has type {arg.type}; only tensors can be fed")
+        raise ModelLoadError(
+            f"model {model} version {version}: input {arg.name!r} has type {arg.type}; only tensors can be fed"
+        )
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or []))
     return InputSpec(arg.name, datatype, shape)
 
 
-def _output_spec(arg: Any, model: str) -> OutputSpec:
+def _output_spec(arg: Any, model: str, version: str) -> OutputSpec:
     kind_type: str = arg.type
     if kind_type in ORT_DATATYPES:
         return OutputSpec(arg.name, "tensor", ORT_DATATYPES[kind_type])
@@ -184,4 +221,4 @@ def _output_spec(arg: Any, model: str) -> OutputSpec:
     inner = kind_type.removeprefix("seq(").removesuffix(")")
     if kind_type.startswith("seq(") and inner in ORT_DATATYPES:
         return OutputSpec(arg.name, "seq_tensor", ORT_DATATYPES[inner])
-    raise ModelLoadError(f"model {model}: output {arg.name!r} of type {kind_type} cannot be served")
+    raise ModelLoadError(f"model {model} version {version}: output {arg.name!r} of type {kind_type} cannot be served")

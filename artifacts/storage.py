@@ -2,13 +2,17 @@
 
 Keys are relative POSIX paths (`<name>/<version>/manifest.json`). A team shares the registry
 through a shared directory (a volume, NFS, a mounted bucket); an object store can implement
-the same `Storage` protocol later.
+the same `Storage` protocol later. Names starting with "." are the store's own (staging
+folders, temporary files): no listing shows them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -30,6 +34,11 @@ class Storage(Protocol):
         """Store `data` under `key`, atomically; StorageError if the key exists (immutability)."""
         ...
 
+    def write_version(self, prefix: str, files: Mapping[str, bytes]) -> None:
+        """Store `files` (relative keys) under `prefix`, all visible at once or none; StorageError if
+        `prefix` exists (immutability: of two writers racing for it, exactly one succeeds)."""
+        ...
+
     def replace(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, atomically, replacing what was there."""
         ...
@@ -37,7 +46,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str) -> list[str]:
-        """The names directly under `prefix` (files and folders), sorted."""
+        """The names directly under `prefix` (files and folders), sorted; never the store's own "." names."""
         ...
 
     def local_path(self, key: str) -> Path | None:
@@ -78,6 +87,36 @@ class LocalStorage:
         finally:
             temporary.unlink()
 
+    def write_version(self, prefix: str, files: Mapping[str, bytes]) -> None:
+        target = self._path(prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".staging-{uuid.uuid4().hex}"  # a crash leaves it: listings skip "." names
+        staging.mkdir()
+        try:
+            for relative, data in files.items():
+                _write_synced(staging.joinpath(*check_key(relative).parts), data)
+            _sync_folders(staging, files)
+            self._publish(staging, target, prefix)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _sync_folders(target.parent, {})
+
+    def _publish(self, staging: Path, target: Path, prefix: str) -> None:
+        """Rename the complete staging folder to `target`, which must not exist yet."""
+        try:
+            # rename(2) refuses a non-empty target (ENOTEMPTY/EEXIST); every version folder holds
+            # files, so an existing version is never replaced, and of two racing writers exactly one
+            # wins. It does replace an empty folder, which holds no version.
+            os.rename(staging, target)
+        except OSError as error:
+            if target.exists():
+                raise StorageError(
+                    f"{prefix} already exists in the registry at {self.root}; versions are immutable: "
+                    "write a new version"
+                ) from None
+            raise StorageError(f"cannot write {prefix} in the registry at {self.root}: {error}") from error
+
     def replace(self, key: str, data: bytes) -> None:
         target = self._path(key)
         os.replace(self._stage(target, data), target)
@@ -102,3 +141,23 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write a new file and flush it to the disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sync_folders(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Flush `folder`'s entries, and those of its subfolders that hold `files`, to the disk."""
+    subfolders = {folder.joinpath(*check_key(relative).parts).parent for relative in files}
+    for path in sorted({folder, *subfolders}):
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

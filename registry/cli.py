@@ -18,7 +18,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from artifacts.manifest import check_name
+from artifacts.manifest import MODEL_FILE, Manifest, check_name, version_key
 from artifacts.registry import Registry
 from registry import bus, compare, optimize, push
 from registry.settings import RegistrySettings
@@ -26,6 +26,7 @@ from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
 
 SUBCOMMANDS = (push, optimize, compare)
+UNCHECKED = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -129,22 +130,35 @@ def list_models(registry: Registry, settings: RegistrySettings) -> int:
     statuses = _statuses(settings, None) if states is not None else []
     print(f"{'model':<20} {'versions':<16} {'current':<8} {'canary':<10} {'shadow':<7} workers serve")
     for name in models:
-        state = (states or {}).get(name)
-        current = state.current if state else f"{registry.versions(name)[-1]}*"
-        serving = Counter(s.current for s in statuses if s.model == name)
-        served = ", ".join(f"{v} ({n})" for v, n in sorted(serving.items(), key=lambda kv: str(kv[0]))) or "-"
-        print(
-            f"{name:<20} {','.join(registry.versions(name)):<16} {current or '-':<8} "
-            f"{_canary(state) if state else '-':<10} {(state.shadow if state else None) or '-':<7} {served}"
-        )
+        print(_list_row(registry, name, (states or {}).get(name), statuses))
+    if any(registry.unverified_versions(name) for name in models):
+        print(f"(? marks a version copied by hand, without manifest; {UNCHECKED})")
     if states is None:
         print("(the control topic could not be read: * is the highest version, what workers serve without one)")
     return 0
 
 
+def _list_row(registry: Registry, name: str, state: DesiredState | None, statuses: list[WorkerStatus]) -> str:
+    versions, copied = _all_versions(registry, name)
+    current = state.current if state else f"{versions[-1]}*"
+    serving = Counter(s.current for s in statuses if s.model == name)
+    served = ", ".join(f"{v} ({n})" for v, n in sorted(serving.items(), key=lambda kv: str(kv[0]))) or "-"
+    shown = ",".join(f"{v}?" if v in copied else v for v in versions)
+    return (
+        f"{name:<20} {shown:<16} {current or '-':<8} "
+        f"{_canary(state) if state else '-':<10} {(state.shadow if state else None) or '-':<7} {served}"
+    )
+
+
+def _all_versions(registry: Registry, name: str) -> tuple[list[str], set[str]]:
+    """Every version of `name` (what workers may serve), oldest first, and those copied by hand."""
+    copied = registry.unverified_versions(name)
+    return sorted([*registry.versions(name), *copied], key=version_key), set(copied)
+
+
 def show_model(registry: Registry, settings: RegistrySettings, name: str) -> int:
     """Print one model: each version's manifest summary, the desired state, and worker reports."""
-    versions = registry.versions(check_name("model name", name))
+    versions, copied = _all_versions(registry, check_name("model name", name))
     if not versions:
         raise ConfigError(f"no model {name} in the registry at {settings.model_root}")
     states = _states_or_none(settings) or {}
@@ -152,21 +166,12 @@ def show_model(registry: Registry, settings: RegistrySettings, name: str) -> int
     roles = _roles(state)
     print(f"model {name}")
     for version in versions:
-        m = registry.manifest(name, version)
         role = roles.get(version, "")
-        derived = f" from {m.parent}" if m.parent else ""
-        print(
-            f"  version {version:<6} {role:<9} sha256 {m.sha256[:12]}  {m.size:>9} bytes  opset "
-            f"{m.opset.get('', m.opset.get('ai.onnx', '?'))}  {m.created_at}{derived}  {m.source}"
-        )
-        for spec in m.inputs:
-            print(f"      input  {spec.name} {spec.datatype} {spec.shape}")
-        for spec in m.outputs:
-            print(f"      output {spec.name} {spec.datatype} {spec.shape}")
-        if m.measurements:
-            print(f"      measured against {m.parent}: {_measured(m.measurements)}")
-        for event in m.history:
-            print(f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}: {_measured(event)}")
+        if version in copied:
+            copied_note = f"unverified (no manifest): {MODEL_FILE} copied by hand; {UNCHECKED}"
+            print(f"  version {version:<6} {role:<9} {copied_note}")
+        else:
+            _print_version(version, registry.manifest(name, version), role)
     if state is not None:
         print(
             f"  desired: {state.change} by {state.by} at {state.updated_at}; rollback to "
@@ -181,6 +186,23 @@ def show_model(registry: Registry, settings: RegistrySettings, name: str) -> int
             f"shadow {status.shadow or '-'} (at {status.at}); refused: {failed}"
         )
     return 0
+
+
+def _print_version(version: str, m: Manifest, role: str) -> None:
+    """A pushed version: its manifest's summary, signature, measurements and history."""
+    derived = f" from {m.parent}" if m.parent else ""
+    print(
+        f"  version {version:<6} {role:<9} sha256 {m.sha256[:12]}  {m.size:>9} bytes  opset "
+        f"{m.opset.get('', m.opset.get('ai.onnx', '?'))}  {m.created_at}{derived}  {m.source}"
+    )
+    for spec in m.inputs:
+        print(f"      input  {spec.name} {spec.datatype} {spec.shape}")
+    for spec in m.outputs:
+        print(f"      output {spec.name} {spec.datatype} {spec.shape}")
+    if m.measurements:
+        print(f"      measured against {m.parent}: {_measured(m.measurements)}")
+    for event in m.history:
+        print(f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}: {_measured(event)}")
 
 
 def _roles(state: DesiredState | None) -> dict[str, str]:

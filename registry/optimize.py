@@ -35,6 +35,7 @@ import onnxruntime as ort
 from artifacts.manifest import GZIP_FILE, MODEL_FILE, Manifest, check_name
 from artifacts.registry import Registry
 from artifacts.runtime import load_model
+from artifacts.storage import check_key
 from registry.measure import SAMPLE_SEED, Clock, Feeds, file_feeds, measure, sample_feeds
 from registry.settings import RegistrySettings
 from schemas.errors import ConfigError, ModelLoadError
@@ -276,17 +277,19 @@ def candidate_manifest(
         parent=parent.version,
         measurements=measurements,
         history=[],
+        files={},  # Registry.add records the digests of the files it stores
     )
 
 
 def _write_parent(registry: Registry, parent: Manifest, workdir: Path) -> Path:
-    """The parent's model (checked against its sha256) and external data files, in `workdir`."""
-    for relative in parent.external_data:
-        extra = workdir.joinpath(relative)
+    """The parent's model and external data files (each checked against its sha256), in `workdir`."""
+    stored = registry.read_version(parent.name, parent.version)
+    for relative, data in stored.external.items():
+        extra = workdir.joinpath(*check_key(relative).parts)
         extra.parent.mkdir(parents=True, exist_ok=True)
-        extra.write_bytes(registry.storage.read(f"{parent.name}/{parent.version}/{relative}"))
+        extra.write_bytes(data)
     path = workdir / "parent.onnx"
-    path.write_bytes(registry.read_model(parent.name, parent.version))
+    path.write_bytes(stored.model)
     return path
 
 

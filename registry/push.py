@@ -95,8 +95,7 @@ def push_model(
         metadata=metadata,
         external_data=sorted(extra),
     )
-    registry.add(manifest, stored, extra)
-    return manifest
+    return registry.add(manifest, stored, extra)  # the manifest as stored: with every file's sha256
 
 
 def refuse_existing(registry: Registry, name: str, version: str) -> None:

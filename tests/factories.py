@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 import orjson
 
 from schemas.records import InputRecord
@@ -56,3 +58,24 @@ def flip_byte(root: Path, version: str, name: str = "mlp") -> bytes:
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
     return before
+
+
+def make_external_data_model(folder: Path, location: str = "weights.bin", *, scale: float = 1.0) -> Path:
+    """An MLP saved as `<folder>/model.onnx` with every initializer in `<folder>/<location>`."""
+    from demo.models import make_mlp
+
+    model = onnx.load(make_mlp(folder.parent / f"{folder.name}-inline.onnx", scale=scale))
+    path = folder / "model.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
+    return path
+
+
+def make_gzip_bomb(expanded: int) -> bytes:
+    """A gzip stream of `expanded` zero bytes (about a thousand times smaller), built without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)  # | 16: a gzip header and trailer
+    chunk = bytes(1 << 20)
+    parts = [packer.compress(chunk[: min(len(chunk), expanded - done)]) for done in range(0, expanded, len(chunk))]
+    return b"".join([*parts, packer.flush()])

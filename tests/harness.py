@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas import headers as h
 from schemas.codec import InferenceResponse, decode_response
+from streamscore.cli import main as cli
 from worker.runner import Worker
 from worker.settings import Settings, setting_name
 
@@ -140,6 +141,21 @@ async def run_burst(settings: Settings, timeout_s: float = 120.0) -> int:
     """Run one worker in this process in burst mode until its partitions are drained."""
     worker = Worker(settings.replace(burst=True))
     return await asyncio.wait_for(worker.run(), timeout_s)
+
+
+async def model_cli(settings: Settings, *args: str) -> int:
+    """Run `streamscore model ...` against a test's registry, broker and control topic."""
+    argv = [
+        "model",
+        "--model-root",
+        settings.model_root,
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--control-topic",
+        settings.control_topic,
+        *args,
+    ]
+    return await asyncio.to_thread(cli, argv)
 
 
 def worker_env(settings: dict[str, Any]) -> dict[str, str]:

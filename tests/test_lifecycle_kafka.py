@@ -18,8 +18,7 @@ from registry import bus
 from registry.push import push_model
 from schemas.codec import encode_request
 from schemas.control import canary_share
-from streamscore.cli import main as cli
-from tests.harness import Out, produce, read_topic, responses, start_worker, stop_worker
+from tests.harness import Out, model_cli, produce, read_topic, responses, start_worker, stop_worker
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -59,21 +58,6 @@ async def env(kafka_bootstrap: str, make_topics: Any, registry_root: Path, uniqu
         log_format="console",
     )
     return {"settings": settings, "registry": registry_root}
-
-
-async def model_cli(settings: Settings, *args: str) -> int:
-    """Run `streamscore model ...` against this test's registry, broker and control topic."""
-    argv = [
-        "model",
-        "--model-root",
-        settings.model_root,
-        "--bootstrap-servers",
-        settings.bootstrap_servers,
-        "--control-topic",
-        settings.control_topic,
-        *args,
-    ]
-    return await asyncio.to_thread(cli, argv)
 
 
 def requests(count: int, prefix: str = "r") -> list[Out]:

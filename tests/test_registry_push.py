@@ -28,6 +28,7 @@ from registry.push import parse_meta, push_model
 from registry.sniff import sniff_foreign
 from schemas.errors import ConfigError, ModelLoadError
 from streamscore.cli import main
+from tests.factories import make_external_data_model
 
 
 def _sha256(path: Path) -> str:
@@ -36,17 +37,6 @@ def _sha256(path: Path) -> str:
 
 def _registry(tmp_path: Path) -> Registry:
     return Registry.at(tmp_path / "registry")
-
-
-def _with_external_data(tmp_path: Path, folder: str, location: str = "weights.bin") -> Path:
-    """An MLP saved as `<folder>/model.onnx` with every initializer in `<folder>/<location>`."""
-    model = onnx.load(make_mlp(tmp_path / "inline" / "mlp.onnx"))
-    path = tmp_path / folder / "model.onnx"
-    path.parent.mkdir(parents=True)
-    onnx.save_model(
-        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
-    )
-    return path
 
 
 def _relocate_external_data(path: Path, location: str) -> None:
@@ -355,7 +345,7 @@ def test_arbitrary_bytes_are_refused_with_a_model_load_error(content: bytes) -> 
 
 def test_external_data_inside_the_folder_is_copied(tmp_path: Path) -> None:
     """Weights in weights.bin beside the model: listed in the manifest, copied, stored uncompressed, runnable."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     registry = _registry(tmp_path)
 
     manifest = push_model(registry, path, name="mlp")
@@ -372,7 +362,7 @@ def test_external_data_inside_the_folder_is_copied(tmp_path: Path) -> None:
 
 def test_external_data_in_a_subfolder_is_copied(tmp_path: Path) -> None:
     """A location in a subfolder of the model's folder is accepted and keeps its relative path."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     (path.parent / "data").mkdir()
     (path.parent / "weights.bin").rename(path.parent / "data" / "weights.bin")
     _relocate_external_data(path, "data/weights.bin")
@@ -386,7 +376,7 @@ def test_external_data_in_a_subfolder_is_copied(tmp_path: Path) -> None:
 
 def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
     """A tensor whose location is ../outside.bin is refused, naming the tensor and the location."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     (path.parent / "weights.bin").rename(tmp_path / "outside.bin")
     _relocate_external_data(path, "../outside.bin")
     registry = _registry(tmp_path)
@@ -400,7 +390,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
 
 def test_external_data_at_an_absolute_path_is_refused(tmp_path: Path) -> None:
     """A tensor whose location is an absolute path is refused, even when the file is in the folder."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     _relocate_external_data(path, str(path.parent / "weights.bin"))
 
     with pytest.raises(ModelLoadError, match="which is an absolute path"):
@@ -409,7 +399,7 @@ def test_external_data_at_an_absolute_path_is_refused(tmp_path: Path) -> None:
 
 def test_external_data_through_a_symlink_out_is_refused(tmp_path: Path) -> None:
     """A location inside the folder that is a symlink to a file outside it is refused."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     (path.parent / "weights.bin").rename(tmp_path / "outside.bin")
     (path.parent / "weights.bin").symlink_to(tmp_path / "outside.bin")
 
@@ -419,7 +409,7 @@ def test_external_data_through_a_symlink_out_is_refused(tmp_path: Path) -> None:
 
 def test_missing_external_data_is_refused(tmp_path: Path) -> None:
     """A location inside the folder with no file there is refused before onnxruntime tries to read it."""
-    path = _with_external_data(tmp_path, "exported")
+    path = make_external_data_model(tmp_path / "exported")
     (path.parent / "weights.bin").unlink()
 
     with pytest.raises(ModelLoadError, match=r"'weights\.bin', which does not exist"):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import onnxruntime as ort
+import orjson
 import pytest
+from structlog.testing import CapturingLogger
 
-from artifacts.registry import ArtifactError, Registry
+import worker.store as store_module
+from artifacts.integrity import ArtifactError
+from artifacts.registry import Registry
 from demo.models import make_mlp
 from registry.push import push_model
 from schemas.control import DesiredState
 from schemas.errors import ModelLoadError, ModelNotFoundError
-from tests.factories import flip_byte, make_mlp_registry
+from tests.factories import flip_byte, make_external_data_model, make_mlp_registry
 from worker.lineup import Chosen, Lineup
 from worker.serving import Serving
 from worker.store import ModelStore
@@ -91,3 +97,104 @@ def test_an_unknown_pinned_version_is_not_found(root: Path) -> None:
 
     with pytest.raises(ModelNotFoundError, match="no version '9'"):
         store.check_exists("mlp", "9")
+
+
+# -- whatever a version raises, it is refused; what loads is what was verified --------------------
+
+
+def test_an_artifact_that_is_a_directory_is_refused_not_raised(root: Path) -> None:
+    """Version 3's model file is a directory: load raises ModelLoadError naming it, and 2 serves."""
+    artifact = next((root / "mlp" / "3").glob("model.onnx*"))
+    artifact.unlink()
+    artifact.mkdir()
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelLoadError, match=r"model mlp version 3 .*Is a directory"):
+        store.load("mlp", "3")
+
+    assert "2" == store.default_version()
+
+
+def test_a_memory_error_while_reading_a_version_is_a_refusal(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading version 3 raises MemoryError: load raises ModelLoadError naming the version and the cause."""
+    store = ModelStore(root, default_name="mlp")
+
+    def exhausted(key: str) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(store.registry.storage, "read", exhausted)
+    with pytest.raises(ModelLoadError, match=r"model mlp version 3 cannot be loaded \(MemoryError\)"):
+        store.load("mlp", "3")
+
+    assert "model mlp version 3 cannot be loaded (MemoryError)" in store.refused[("mlp", "3")]
+
+
+def test_external_data_changed_after_push_is_refused_and_version_3_serves(root: Path, tmp_path: Path) -> None:
+    """Version 4 keeps its weights in weights.bin, one byte of which changes: it is refused naming the file."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    _flip(root / "mlp" / "4" / "weights.bin")
+    store = ModelStore(root, default_name="mlp")
+
+    with pytest.raises(ModelLoadError, match=r"model mlp version 4: weights\.bin has sha256"):
+        store.load("mlp", "4")
+
+    assert "3" == store.default_version()
+
+
+def test_external_data_is_loaded_from_a_private_copy_of_the_verified_bytes(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime is given a model path outside the registry, in a folder only this process may read,
+    which is gone once the version is loaded."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    real_session, seen = ort.InferenceSession, []
+
+    def spy(source: object, *args: object, **kwargs: object) -> object:
+        folder = Path(str(source)).parent
+        seen.append((folder, stat.S_IMODE(folder.stat().st_mode)))
+        return real_session(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    ModelStore(root, default_name="mlp").load("mlp", "4")
+
+    [(folder, mode)] = seen
+    assert (False, 0o700, False) == (folder.is_relative_to(root), mode, folder.exists())
+
+
+def test_a_version_copied_by_hand_loads_and_is_logged_unverified(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlp/4/model.onnx without a manifest serves, with a model_version_unverified warning saying how to fix it."""
+    (root / "mlp" / "4").mkdir()
+    (root / "mlp" / "4" / "model.onnx").write_bytes(Registry.at(root).read_model("mlp", "1"))
+    captured = CapturingLogger()
+    monkeypatch.setattr(store_module, "log", captured)
+
+    assert "4" == ModelStore(root, default_name="mlp").load("mlp", "4").version
+
+    [call] = captured.calls
+    assert ("warning", ("model_version_unverified",)) == (call.method_name, call.args)
+    assert ("mlp", "4") == (call.kwargs["model"], call.kwargs["version"])
+    assert "streamscore model push" in call.kwargs["hint"]
+
+
+def test_an_old_manifest_loads_and_logs_its_external_data_unverified(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version whose manifest has no per-file digests loads, with a warning naming weights.bin."""
+    push_model(Registry.at(root), make_external_data_model(tmp_path / "exported"), name="mlp", version="4")
+    manifest = root / "mlp" / "4" / "manifest.json"
+    body = orjson.loads(manifest.read_bytes())
+    del body["files"]
+    manifest.write_bytes(orjson.dumps(body))
+    captured = CapturingLogger()
+    monkeypatch.setattr(store_module, "log", captured)
+
+    ModelStore(root, default_name="mlp").load("mlp", "4")
+
+    [call] = captured.calls
+    assert ("model_external_data_unverified", ["weights.bin"]) == (call.args[0], call.kwargs["files"])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

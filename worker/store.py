@@ -1,10 +1,12 @@
 """The model versions under a worker's model root, and loading them: the worker's only model I/O.
 
 Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
-artifact, verified by sha256 on load) or, for models copied in by hand, from a plain
-`<name>/<version>/model.onnx`. A version that fails to load is remembered as refused (here, and
-only here) and not tried again until `forget_refusal`. Which version serves a request is
-`worker.lineup`'s question; this module only finds, loads and keeps versions.
+artifact: every file read once, checked against its sha256, and loaded from exactly those bytes)
+or, for models copied in by hand, from a plain `<name>/<version>/model.onnx`, loaded unverified
+(and logged as such). A version that fails to load, whatever it raises, is remembered as refused
+(here, and only here) and not tried again until `forget_refusal`: a model file never stops the
+worker. Which version serves a request is `worker.lineup`'s question; this module only finds,
+loads and keeps versions.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import structlog
+
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
-from artifacts.runtime import LoadedModel, load_model
-from artifacts.storage import StorageError
-from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from artifacts.runtime import LoadedModel, load_model, load_verified
+from schemas.errors import ModelLoadError, ModelNotFoundError, StreamscoreError
 from worker.lineup import Key
 from worker.settings import Settings
+
+log = structlog.get_logger("streamscore.store")
+
+PUSH_HINT = "push it with `streamscore model push` so that its files are checked at every load"
 
 
 class ModelStore:
@@ -46,7 +53,8 @@ class ModelStore:
         )
 
     def _only_model(self) -> str:
-        names = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
+        folders = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
+        names = [name for name in folders if self.versions(name)]  # not a folder of staging leftovers only
         if len(names) != 1:
             raise ModelLoadError(
                 f"no default model: {self.root} holds {len(names)} model folders ({', '.join(names)});"
@@ -121,25 +129,31 @@ class ModelStore:
             raise ModelLoadError(self._refused[(name, version)])
         try:
             model = self._load(name, version)
-        except ModelLoadError as error:
-            self._refused[(name, version)] = str(error)
-            raise
+        except Exception as error:  # MemoryError, OSError, ...: a version refused, never a crash
+            refusal = refusal_of(name, version, error)
+            self._refused[(name, version)] = str(refusal)
+            raise refusal from error
         self._loaded[(name, version)] = model
         return model
 
     def _load(self, name: str, version: str) -> LoadedModel:
         threads = self.intra_op_threads
-        try:
-            if not self.registry.has(name, version):
-                return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
-            manifest = self.registry.manifest(name, version)
-            content = self.registry.read_model(name, version)  # sha256 checked against the manifest
-        except (StorageError, ConfigError) as error:
-            raise ModelLoadError(f"model {name} version {version}: {error}") from error
-        if manifest.external_data:  # onnxruntime finds external data beside a file, not beside bytes
-            source = self.root / name / version / manifest.artifact
-            return load_model(source, name, version, sha256=manifest.sha256, intra_op_threads=threads)
-        return load_model(content, name, version, sha256=manifest.sha256, intra_op_threads=threads)
+        if not self.registry.has(name, version):
+            log.warning("model_version_unverified", model=name, version=version, reason="no manifest", hint=PUSH_HINT)
+            return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
+        stored = self.registry.read_version(name, version)  # each file read once and checked
+        if stored.unverified:
+            log.warning(
+                "model_external_data_unverified",
+                model=name,
+                version=version,
+                files=list(stored.unverified),
+                reason="its manifest predates per-file sha256 (files)",
+                hint=PUSH_HINT,
+            )
+        return load_verified(
+            stored.model, stored.external, name, version, sha256=stored.manifest.sha256, intra_op_threads=threads
+        )
 
     def forget_refusal(self, name: str, version: str) -> None:
         """Allow another attempt at a version refused before (a new desired state names it)."""
@@ -150,3 +164,17 @@ class ModelStore:
         keep = set(versions)
         for key in [k for k in self._loaded if k[0] == name and k[1] not in keep]:
             del self._loaded[key]
+
+
+def refusal_of(name: str, version: str, error: Exception) -> ModelLoadError:
+    """`error`, raised while loading a version, as the ModelLoadError that refuses it."""
+    if isinstance(error, ModelLoadError):
+        return error
+    if isinstance(error, StreamscoreError):  # ours (an unreadable manifest, a missing file) say what happened
+        cause = str(error)
+    else:  # MemoryError has no message; OSError's names the file
+        cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return ModelLoadError(
+        f"model {name} version {version} cannot be loaded ({cause}); it is refused and what served before keeps "
+        "serving: fix or remove its folder, or push the model again as a new version"
+    )

@@ -44,6 +44,9 @@ class BrokerConfig:
     users: dict[str, str] = field(default_factory=dict, repr=False, hash=False)  # SASL name -> password
     ssl_keystore: Path | None = None  # PEM: unencrypted PKCS#8 key, then the certificate chain
     ssl_truststore: Path | None = None  # PEM: the CAs that sign client certificates (MTLS)
+    # A node of a cluster (broker/cluster.py): its id, and the controller ports of every node, by id.
+    node_id: int = 1
+    quorum: tuple[int, ...] = ()  # empty: this node alone is the cluster
 
     def __post_init__(self) -> None:
         if self.sasl_port is not None or self.sasl_ssl_port is not None:
@@ -82,6 +85,11 @@ class BrokerConfig:
             raise LocalBrokerError(f"this broker has no {listener} listener") from None
 
     @property
+    def voters(self) -> tuple[int, ...]:
+        """The controller ports of the cluster's nodes, node 1 first."""
+        return self.quorum or (self.controller_port,)
+
+    @property
     def libs_dir(self) -> Path:
         return (self.libs or self.home / "libs").absolute()
 
@@ -115,14 +123,19 @@ DEFAULT_CONFIG = BrokerConfig()
 
 
 def server_properties(config: BrokerConfig) -> dict[str, str]:
-    """The server.properties of a single-node KRaft broker+controller, tuned for tests."""
+    """The server.properties of a KRaft broker+controller node (alone, or one of a cluster), tuned for tests.
+
+    In a cluster of three or more, every topic gets three replicas and needs two in sync
+    (`min.insync.replicas=2`), the internal topics too; alone, one of each.
+    """
     listeners = config.listeners
     protocols = {"CONTROLLER": "PLAINTEXT", **{name: _PROTOCOLS[name] for name in listeners}}
     advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+    voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in enumerate(config.voters, start=1))
     return {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{config.controller_port}",
+        "node.id": str(config.node_id),
+        "controller.quorum.voters": voters,
         "listeners": f"{advertised},CONTROLLER://127.0.0.1:{config.controller_port}",
         "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
@@ -132,21 +145,31 @@ def server_properties(config: BrokerConfig) -> dict[str, str]:
         "log.dirs": str(config.data_dir),
         "num.partitions": "1",
         "auto.create.topics.enable": "false",
-        # One node: every internal topic has one replica, and few partitions so that the
-        # first consumer group or transaction does not wait for 50 partitions to be created.
-        "offsets.topic.replication.factor": "1",
+        **replication_properties(len(config.voters)),
+        # Few partitions of the internal topics, so that the first consumer group or
+        # transaction does not wait for 50 partitions to be created.
         "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "1",
         # Tests: no rebalance delay, and short session timeouts allowed.
         "group.initial.rebalance.delay.ms": "0",
         "group.min.session.timeout.ms": "1000",
         "group.consumer.min.session.timeout.ms": "1000",
         "group.consumer.min.heartbeat.interval.ms": "500",
+    }
+
+
+def replication_properties(nodes: int) -> dict[str, str]:
+    """Replicas and in-sync replicas of every topic, by the cluster's size (three replicas at most)."""
+    replicas, in_sync = str(min(3, nodes)), str(2 if nodes >= 3 else 1)
+    return {
+        "default.replication.factor": replicas,
+        "min.insync.replicas": in_sync,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
     }
 
 

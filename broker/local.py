@@ -110,7 +110,8 @@ def fetch_jars(config: BrokerConfig, progress: Progress) -> None:
         return
     ensure_tools(need_mvn=True)
     progress(f"downloading the Kafka broker jars into {config.libs_dir} (first start only)")
-    shutil.rmtree(config.libs_dir, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):  # a link or an unremovable file fails here, not with mixed jars
+        shutil.rmtree(config.libs_dir)
     command = [
         "mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
         f"-DoutputDirectory={config.libs_dir}", "-DincludeScope=runtime",
@@ -124,8 +125,8 @@ def fetch_jars(config: BrokerConfig, progress: Progress) -> None:
     (config.libs_dir / ".complete").write_text(_pom_digest())
 
 
-def format_storage(config: BrokerConfig, progress: Progress) -> None:
-    """Format the data folder with a new cluster id, unless it was formatted before."""
+def format_storage(config: BrokerConfig, progress: Progress, cluster_id: str | None = None) -> None:
+    """Format the data folder (with `cluster_id`, else a new one), unless it was formatted before."""
     if (config.data_dir / "meta.properties").is_file():
         if scram_arguments(config):
             progress(f"{config.data_dir} was formatted before: SCRAM users are not added, PLAIN works")
@@ -134,7 +135,7 @@ def format_storage(config: BrokerConfig, progress: Progress) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     command = java_command(
         config, "kafka.tools.StorageTool", "format",
-        "-t", new_cluster_id(), "-c", str(config.properties_file), *scram_arguments(config),
+        "-t", cluster_id or new_cluster_id(), "-c", str(config.properties_file), *scram_arguments(config),
     )  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -246,10 +247,10 @@ def start(
     pid = read_pid(config)
     if pid is None:
         config.pid_file.unlink(missing_ok=True)
-        pid = _launch_fresh(config, progress)
+        pid = launch_fresh(config, progress)
     else:
         progress(f"the broker already runs (pid {pid})")
-    _wait_until_answering(config, pid, timeout_s, progress)
+    wait_until_answering(config, pid, timeout_s, progress)
     return config.address
 
 
@@ -259,9 +260,9 @@ def stop(config: BrokerConfig = DEFAULT_CONFIG, *, timeout_s: float = DEFAULT_ST
     if pid is None:
         config.pid_file.unlink(missing_ok=True)
         return False
-    _signal(pid, signal.SIGTERM)
+    signal_process(pid, signal.SIGTERM)
     if not _wait_for_exit(pid, timeout_s):
-        _signal(pid, signal.SIGKILL)
+        signal_process(pid, signal.SIGKILL)
         _wait_for_exit(pid, 5.0)
     _children.pop(pid, None)
     config.pid_file.unlink(missing_ok=True)
@@ -277,7 +278,7 @@ def status(config: BrokerConfig = DEFAULT_CONFIG) -> BrokerStatus:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _launch_fresh(config: BrokerConfig, progress: Progress) -> int:
+def launch_fresh(config: BrokerConfig, progress: Progress, cluster_id: str | None = None) -> int:
     for port in (*config.listeners.values(), config.controller_port):
         if port_in_use(port):
             raise LocalBrokerError(f"port {port} is already in use; stop what listens there or pick other ports")
@@ -285,13 +286,13 @@ def _launch_fresh(config: BrokerConfig, progress: Progress) -> int:
     ensure_tools(need_mvn=False)
     config.home.mkdir(parents=True, exist_ok=True)
     config.properties_file.write_text(render_properties(server_properties(config)))
-    format_storage(config, progress)
+    format_storage(config, progress, cluster_id)
     pid = launch(config)
     progress(f"started the broker (pid {pid}), waiting for it on {config.address}")
     return pid
 
 
-def _wait_until_answering(config: BrokerConfig, pid: int, timeout_s: float, progress: Progress) -> None:
+def wait_until_answering(config: BrokerConfig, pid: int, timeout_s: float, progress: Progress) -> None:
     deadline = time.monotonic() + timeout_s
     while not asyncio.run(is_answering(config.address)):
         if not is_alive(pid):
@@ -323,7 +324,8 @@ def _wait_for_exit(pid: int, timeout_s: float) -> bool:
     return True
 
 
-def _signal(pid: int, signum: signal.Signals) -> None:
+def signal_process(pid: int, signum: signal.Signals) -> None:
+    """Send `signum` to `pid`, if it still runs."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
 

@@ -162,7 +162,20 @@ def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
         return ()
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
         raise DecodeError("'outputs' must be a list of objects with a 'name'")
-    return tuple(o["name"] for o in raw)
+    names = tuple(o["name"] for o in raw)
+    twice = _first_repeated(names)  # an output listed n times would be written n times in the result
+    if twice is not None:
+        raise DecodeError(f"output {twice!r} requested twice; name each output once")
+    return names
+
+
+def _first_repeated(names: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _decode_parameters(raw: Any, where: str) -> Mapping[str, Any]:

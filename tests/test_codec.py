@@ -189,6 +189,11 @@ DECODE_ERRORS = [
     pytest.param(v2_body(GOOD_INPUT, GOOD_INPUT), "appears twice", id="duplicate-name"),
     pytest.param(v2_body(GOOD_INPUT, id=7), "'id' must be a string", id="id-not-string"),
     pytest.param(v2_body(GOOD_INPUT, outputs=["y"]), "'outputs' must be a list", id="outputs-form"),
+    pytest.param(
+        v2_body(GOOD_INPUT, outputs=[{"name": "y"}, {"name": "z"}, {"name": "y"}]),
+        r"^output 'y' requested twice; name each output once$",
+        id="duplicate-output",
+    ),
     pytest.param(b'\xef\xbb\xbf{"inputs": []}', "not valid JSON", id="utf8-bom"),
     pytest.param(b'{"inputs": [], "id": "\\ud800"}', "not valid JSON", id="lone-surrogate"),
 ]

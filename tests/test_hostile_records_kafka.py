@@ -116,3 +116,17 @@ async def test_strings_of_very_different_lengths_are_held_as_objects(settings: S
     stage, reason = await score_between_good_ones(settings, Out(b"strings", value))
 
     assert ("validate", "input 'x' is BYTES; model mlp version 2 takes FP32") == (stage, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# An output named twice
+
+
+async def test_an_output_requested_twice_is_refused(settings: Settings) -> None:
+    """A request naming the output `probabilities` 2 000 times (which would multiply its result)
+    is dead-lettered at decode, naming the output."""
+    value = encode_request({"x": np.zeros((1, FEATURES), np.float32)}, id="twice", outputs=["probabilities"] * 2000)
+
+    stage, reason = await score_between_good_ones(settings, Out(b"twice", value))
+
+    assert ("decode", "output 'probabilities' requested twice; name each output once") == (stage, reason)

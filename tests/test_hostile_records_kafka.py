@@ -16,6 +16,7 @@ import pytest
 from demo.models import install_model, make_mlp
 from schemas import headers as h
 from schemas.codec import encode_request
+from schemas.control import Canary, DesiredState, encode_state
 from tests.harness import Out, committed, produce, read_topic, responses, run_burst, stage_of
 from worker.settings import Settings
 
@@ -130,3 +131,26 @@ async def test_an_output_requested_twice_is_refused(settings: Settings) -> None:
     stage, reason = await score_between_good_ones(settings, Out(b"twice", value))
 
     assert ("decode", "output 'probabilities' requested twice; name each output once") == (stage, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text that cannot be encoded
+
+
+async def test_a_lone_surrogate_in_the_id_is_refused_under_a_canary(settings: Settings) -> None:
+    """Scenario:
+    1. The control topic sets a canary (version 2 at 50 %), so routing hashes each request id.
+    2. With allow_nonfinite (Python's json parser reads what orjson refuses), a request whose
+       id is the JSON escape \\ud800 (a lone surrogate, not encodable as UTF-8) arrives.
+    It is dead-lettered at decode as text that is not valid Unicode; the worker goes on."""
+    state = DesiredState("mlp", current="1", canary=Canary("2", 0.5))
+    await produce(settings.bootstrap_servers, settings.control_topic, [Out(b"mlp", encode_state(state))])
+    data = ", ".join(["NaN"] + ["0.5"] * (FEATURES - 1))
+    value = b'{"id": "\\ud800", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 8], "data": [%s]}]}' % (
+        data.encode()
+    )
+
+    stage, reason = await score_between_good_ones(settings.replace(allow_nonfinite=True), Out(b"surrogate", value))
+
+    assert "decode" == stage
+    assert "'id' holds text that cannot be encoded as UTF-8 (a lone surrogate)" in reason

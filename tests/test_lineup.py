@@ -149,6 +149,16 @@ def test_a_canary_takes_exactly_the_ids_whose_share_is_below_its_weight(models: 
     assert 0 < len(routed) < len(ids)
 
 
+def test_any_id_routes_even_one_utf8_cannot_encode(models: dict[str, LoadedModel]) -> None:
+    """An id holding a lone surrogate (decoding refuses it; routing must not raise on it either) has a share."""
+    lineup = lineup_of(models, Given(state=CANARY))
+
+    assert 0.0 <= canary_share("\ud800") < 1.0
+    assert choice(lineup, None, None, "\ud800") in (("chosen", "1", None), ("chosen", "2", None))
+    as_utf8 = int.from_bytes(hashlib.blake2b("r\u00e9q".encode(), digest_size=8).digest(), "big") / 2**64
+    assert as_utf8 == canary_share("r\u00e9q")  # any other text hashes its UTF-8 bytes, as before
+
+
 def request(request_id: str = "req", shape: tuple[int, int] = (1, 8)) -> bytes:
     return v2_body(v2_input("x", "FP32", list(shape), [0.5] * (shape[0] * shape[1])), id=request_id)
 

@@ -7,6 +7,7 @@ and every offset committed: a record must never stop its partition or the worker
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,37 @@ async def test_a_lone_surrogate_in_the_id_is_refused_under_a_canary(settings: Se
 
     assert "decode" == stage
     assert "'id' holds text that cannot be encoded as UTF-8 (a lone surrogate)" in reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary requests and header names
+
+
+async def test_binary_request_with_the_header_spelled_as_over_http_is_scored(settings: Settings) -> None:
+    """A binary request whose length header is spelled `Inference-Header-Content-Length` (the
+    capitals of HTTP) is scored like one with the lower-case name."""
+    header = v2("binary", {"name": "x", "datatype": "FP32", "shape": [1, 8], "parameters": {"binary_data_size": 32}})
+    value = header + struct.pack("<8f", *([0.25] * FEATURES))
+    records = [
+        Out(b"binary", value, [("Inference-Header-Content-Length", str(len(header)).encode())]),
+        Out(b"pinned", good("pinned"), [("Streamscore-Model-Version", b"1")]),
+    ]
+    await produce(settings.bootstrap_servers, settings.input_topic, records)
+
+    assert 0 == await run_burst(settings)
+
+    results = responses(await read_topic(settings.bootstrap_servers, settings.results_topic, expect=2))
+    assert {"binary": "2", "pinned": "1"} == {r.id: r.model_version for r in results}
+    assert [] == await read_topic(settings.bootstrap_servers, settings.dead_letter_topic, idle_s=1.0)
+
+
+async def test_binary_request_without_its_length_header_names_the_header(settings: Settings) -> None:
+    """A binary request sent without the length header is dead-lettered at decode, and the
+    reason names the header a binary request needs."""
+    header = v2("binary", {"name": "x", "datatype": "FP32", "shape": [1, 8], "parameters": {"binary_data_size": 32}})
+    value = header + struct.pack("<8f", *([0.25] * FEATURES))
+
+    stage, reason = await score_between_good_ones(settings, Out(b"binary", value))
+
+    assert "decode" == stage
+    assert "record header inference-header-content-length" in reason

@@ -22,7 +22,7 @@ from tests.factories import make_record
 from worker import pipeline
 from worker.deferred import DeferredTensor
 from worker.outcomes import DeadLetter, Item, Result
-from worker.pipeline import decode, make_item, score_batch
+from worker.pipeline import decode, make_item, model_choice, score_batch
 from worker.store import ModelStore
 
 FEATURES = 8  # demo.make_mlp's default
@@ -270,8 +270,10 @@ def test_correlation_headers_are_copied_and_others_are_not(store: ModelStore) ->
     assert [("traceparent", b"00-abc-def-01"), (h.MODEL, b"mlp"), (h.MODEL_VERSION, b"9")] == result.headers
 
 
-def test_binary_request_scores_like_json(store: ModelStore) -> None:
-    """A request sent with binary tensor data (header length in a record header) scores as JSON would."""
+@pytest.mark.parametrize("length_header", [h.BINARY_HEADER_LENGTH, "Inference-Header-Content-Length"])
+def test_binary_request_scores_like_json(store: ModelStore, length_header: str) -> None:
+    """A request sent with binary tensor data (header length in a record header, its name in any
+    case, as over HTTP) scores as JSON would."""
     model = _load(store, "mlp")
     rows = _rows(2, 5)
     header = (
@@ -280,7 +282,7 @@ def test_binary_request_scores_like_json(store: ModelStore) -> None:
     )
     record = make_record(
         header + struct.pack("<16f", *rows.reshape(-1)),
-        headers=[(h.BINARY_HEADER_LENGTH, str(len(header)).encode())],
+        headers=[(length_header, str(len(header)).encode())],
     )
     binary = make_item(record, decode(record, Limits()), model)
     as_json = _item(model, {"x": rows})
@@ -359,6 +361,19 @@ def test_a_batch_that_always_raises_dead_letters_each_record_at_infer(
     stages = [(o.error.stage, o.request_id, o.model and o.model[0]) for o in outcomes]  # type: ignore[attr-defined]
     assert [("infer", f"r{i}", "mlp") for i in range(3)] == stages
     assert str(outcomes[0].error).startswith("scoring failed: RuntimeError('a bug')")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([("Streamscore-Model", b"mlp"), ("STREAMSCORE-MODEL-VERSION", b"9")], ("mlp", "9"), id="ours"),
+        pytest.param([("MLServer-Model", b"sklearn"), ("MLServer-Version", b"1")], ("sklearn", "1"), id="mlserver"),
+        pytest.param([("traceparent", b"00-abc"), ("x-streamscore-model", b"no")], (None, None), id="others"),
+    ],
+)
+def test_model_headers_are_read_in_any_case(headers: list[tuple[str, bytes]], expected: tuple[str, str]) -> None:
+    """The model and version headers are found whatever the case of their names; other names are not."""
+    assert expected == model_choice(make_record(headers=headers))
 
 
 def test_empty_batch_gives_no_outcomes() -> None:

@@ -43,6 +43,7 @@ _VALUE_TYPES: dict[str, frozenset[type]] = {
 }
 _EXACT_INTEGERS = 2**53  # integers up to here are exact in float64, so int -> float32 rounds once
 _BOOLEANS = frozenset({bool})
+_KINDS = {name: dtype.kind for name, dtype in DATATYPES.items() if name != "BYTES"}  # numeric datatype -> kind
 
 #: A numeric input of more values than this is converted to numpy at decode (see the module docstring).
 MAX_DEFERRED_VALUES = 64
@@ -56,7 +57,7 @@ class DeferredTensor(Tensor):
     when a value does not fit the datatype (an integer out of range).
     """
 
-    __slots__ = ("declared", "raw", "size")
+    __slots__ = ("declared", "raw")
 
     def __init__(
         self, name: str, datatype: str, shape: list[int], raw: list[Any], parameters: Mapping[str, Any] | None
@@ -67,7 +68,6 @@ class DeferredTensor(Tensor):
         self.parameters = parameters
         self.raw = raw
         self.declared = tuple(shape)
-        self.size = len(raw)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -86,28 +86,27 @@ def from_json(name: str, datatype: str, shape: list[int], data: Any, parameters:
     Converted now, or refused with the strict ValidationError: BYTES, nested lists, scalars,
     empty tensors, large lists, and a list whose count or values do not fit the input.
     """
-    if datatype == "BYTES" or type(data) is not list or not data or type(data[0]) is list or not shape:
+    if type(data) is not list or not data or not shape or len(data) > MAX_DEFERRED_VALUES:
         return tensor_from_json(name, datatype, shape, data, parameters)
-    count = len(data)
-    if count > MAX_DEFERRED_VALUES or count != math.prod(shape) or not _plain_numbers(data, datatype):
+    if len(data) != math.prod(shape) or not _plain_numbers(data, _KINDS.get(datatype)):  # nested lists: not numbers
         return tensor_from_json(name, datatype, shape, data, parameters)
     return DeferredTensor(name, datatype, shape, data, parameters)
 
 
-def _plain_numbers(data: list[Any], datatype: str) -> bool:
-    """True if every value is a number `datatype` may take (booleans for BOOL, integers for integer types).
+def _plain_numbers(data: list[Any], kind: str | None) -> bool:
+    """True if every value is a number a datatype of numpy `kind` may take (booleans for BOOL, integers
+    for integer types); False for BYTES (kind None).
 
     `sum` raises TypeError on a string, null, list or object (all that JSON holds besides numbers
     and booleans) at a few nanoseconds a value, and gives an int only when no value is a float.
     """
-    kind = DATATYPES[datatype].kind
     if kind == "b":
         return _BOOLEANS.issuperset(map(type, data))
     try:
         total = sum(data)
     except (TypeError, OverflowError):  # OverflowError: an integer too large for a float, beside floats
         return False
-    return kind == "f" or type(total) is int
+    return kind == "f" or (kind is not None and type(total) is int)
 
 
 def stack(tensors: Sequence[Tensor]) -> np.ndarray[Any, Any] | None:

@@ -18,6 +18,7 @@ from worker.deferred import from_json, stack
 from worker.outcomes import DeadLetter, Item, Outcome, Result
 
 MAX_REMEMBERED_LAYOUTS = 1024
+_LENGTH_HEADER = (h.BINARY_HEADER_LENGTH,)
 
 
 def fallback_id(record: Record) -> str:
@@ -32,7 +33,7 @@ def decode(record: Record, limits: Limits) -> InferenceRequest:
 
     Numeric JSON data stays a list until its batch is scored (`worker.deferred`).
     """
-    raw_length = h.first(record.headers, (h.BINARY_HEADER_LENGTH,))
+    raw_length = h.first(record.headers, _LENGTH_HEADER) if record.headers else None
     header_length = None
     if raw_length is not None:
         try:

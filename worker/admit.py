@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from artifacts.runtime import LoadedModel
 from schemas.codec import InferenceRequest, Limits
-from schemas.errors import ModelNotFoundError, RecordError
+from schemas.errors import ModelNotFoundError, RecordError, ValidationError
 from schemas.records import Record
 from worker.lineup import Chosen, Lineup, Missing
 from worker.outcomes import DeadLetter, Item
@@ -44,23 +44,32 @@ Fate = Admitted | DeadLetter | Load
 
 
 def admit(record: Record, limits: Limits, lineup: Lineup) -> Fate:
-    """Decode `record` and route it against `lineup`."""
+    """Decode `record` and route it against `lineup`; never raises."""
     try:
         request = decode(record, limits)
     except RecordError as error:
         return dead_letter(record, error)
-    return _route(record, request, lineup)
+    return _route_safely(record, request, lineup)
 
 
 def admit_loaded(load: Load, lineup: Lineup, problem: RecordError | None) -> Admitted | DeadLetter:
     """Decide again after the load that `load` asked for: `problem` says why it could not be served."""
     if problem is not None:
         return dead_letter(load.record, problem)
-    fate = _route(load.record, load.request, lineup)
+    fate = _route_safely(load.record, load.request, lineup)
     if isinstance(fate, Load):  # loaded, and already dropped again (a desired state changed meanwhile)
         shown = load.version or "default"
         return dead_letter(load.record, ModelNotFoundError(f"model {load.name} version {shown} is not loaded"))
     return fate
+
+
+def _route_safely(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:
+    try:
+        return _route(record, request, lineup)
+    except Exception as error:  # a bug of ours must not turn one record into a crash loop (as in decode)
+        unroutable = ValidationError(f"the request could not be routed to a model: {error!r}")
+        unroutable.__cause__ = error
+        return dead_letter(record, unroutable)
 
 
 def _route(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:

@@ -31,7 +31,7 @@ def fallback_id(record: Record) -> str:
 def decode(record: Record, limits: Limits) -> InferenceRequest:
     """Decode the record value (JSON, or JSON plus binary tensors) into a V2 request.
 
-    Numeric JSON data stays a list until its batch is scored (`worker.deferred`).
+    Small numeric JSON data stays a list until its batch is scored (`worker.deferred`).
     """
     raw_length = h.first(record.headers, _LENGTH_HEADER) if record.headers else None
     header_length = None
@@ -225,7 +225,7 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         rows = item.rows
         try:
             value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
-            key = item.request_id.encode()
+            result_key = item.request_id.encode()
         except Exception as error:  # an output we cannot write must not stop the worker
             rejected = ResultRejectedError(f"the result could not be encoded: {error!r}")
             rejected.__cause__ = error
@@ -236,5 +236,5 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         headers = model_headers
         if item.record.headers:
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
-        results.append(Result(item.record, item.request_id, key, value, headers, item.shadow))
+        results.append(Result(item.record, item.request_id, result_key, value, headers, item.shadow))
     return results

@@ -103,7 +103,7 @@ def _plain_numbers(data: list[Any], kind: str | None) -> bool:
     if kind == "b":
         return _BOOLEANS.issuperset(map(type, data))
     try:
-        total = sum(data)
+        total = sum(data, 0.0) if kind == "f" else sum(data)  # 0.0: sum's float loop from the start
     except (TypeError, OverflowError):  # OverflowError: an integer too large for a float, beside floats
         return False
     return kind == "f" or (kind is not None and type(total) is int)

@@ -11,8 +11,6 @@ checking it against a model's signature is `artifacts.signature`'s job.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -22,6 +20,7 @@ import orjson
 
 from schemas.errors import DecodeError, ValidationError
 from schemas.headers import BINARY_HEADER_LENGTH
+from schemas.jsontext import load_json
 from schemas.tensors import (
     DATATYPES,
     Tensor,
@@ -107,7 +106,7 @@ def decode_request(
             " (setting STREAMSCORE_MAX_RECORD_BYTES)"
         )
     header, binary = (value, b"") if header_length is None else _split_binary(value, header_length)
-    body = _load_json(header, limits)
+    body = load_json(header, allow_nonfinite=limits.allow_nonfinite, binary=header_length is not None)
     if not isinstance(body, dict):
         raise DecodeError(f"a V2 request is a JSON object, got a JSON {type(body).__name__}")
     raw_inputs = body.get("inputs")
@@ -128,41 +127,25 @@ def _split_binary(value: bytes, header_length: int) -> tuple[bytes, bytes]:
     return value[:header_length], value[header_length:]
 
 
-def _load_json(text: bytes, limits: Limits) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as error:
-        strict_error = error
-    # orjson follows RFC 8259; Python's json module also writes NaN and Infinity literals.
-    nonfinite: list[float] = []
-
-    def number(text: str) -> float:
-        value = float(text)  # NaN, Infinity, and numbers too large for a double (1e400)
-        if not math.isfinite(value):
-            nonfinite.append(value)
-        return value
-
-    try:
-        body = json.loads(text, parse_constant=number, parse_float=number)
-    except (ValueError, UnicodeDecodeError):
-        raise DecodeError(f"the record value is not valid JSON: {strict_error}") from None
-    if not nonfinite:
-        # json read what orjson refused for another reason (a BOM, a lone surrogate): not NaN
-        raise DecodeError(f"the record value is not valid JSON: {strict_error}")
-    if not limits.allow_nonfinite:
-        raise ValidationError(
-            "the request holds NaN or Infinity; finite numbers only "
-            "(setting STREAMSCORE_ALLOW_NONFINITE=true accepts them)"
-        )
-    return body
-
-
 def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
         raise DecodeError("'outputs' must be a list of objects with a 'name'")
-    return tuple(o["name"] for o in raw)
+    names = tuple(o["name"] for o in raw)
+    twice = _first_repeated(names)  # an output listed n times would be written n times in the result
+    if twice is not None:
+        raise DecodeError(f"output {twice!r} requested twice; name each output once")
+    return names
+
+
+def _first_repeated(names: Sequence[str]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _decode_parameters(raw: Any, where: str) -> Mapping[str, Any]:

@@ -112,8 +112,12 @@ class DesiredState:
 
 
 def canary_share(request_id: str) -> float:
-    """A number in [0, 1) fixed by the request id: the same id always takes the same route."""
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    """A number in [0, 1) fixed by the request id: the same id always takes the same route.
+
+    Any str is hashed, even one UTF-8 cannot encode (decoding refuses such ids; "surrogatepass"
+    changes the bytes of no other string).
+    """
+    digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

@@ -1,6 +1,6 @@
 """Kafka record header names of the contract, and their encodings.
 
-Requests may carry:
+Requests may carry (names are matched case-insensitively, as in HTTP):
     streamscore-model          the model to score with (default: the worker's default model)
     streamscore-model-version  pin a version of that model
     inference-header-content-length
@@ -78,8 +78,11 @@ def decode_long(raw: bytes) -> int:
 
 
 def first(headers: Sequence[tuple[str, bytes]], names: tuple[str, ...]) -> str | None:
-    """The UTF-8 value of the first header called one of `names`, or None."""
+    """The UTF-8 value of the first header called one of `names` (lower case), or None.
+
+    Names compare case-insensitively, as HTTP's do: `Inference-Header-Content-Length` is found.
+    """
     for key, value in headers:
-        if key in names and value is not None:
+        if value is not None and (key in names or key.lower() in names):
             return value.decode("utf-8", errors="replace")
     return None

@@ -1,8 +1,9 @@
 """Tensors on the wire: V2 datatypes, numpy arrays, and the conversions between them.
 
-`DATATYPES` maps each V2 datatype to its numpy dtype. Arrays come from JSON data (checked: ragged
-rows, values that do not fit the datatype, a shape that does not hold the values) or from the
-raw little-endian bytes of Triton's binary extension, and go back out as JSON-ready dicts.
+`DATATYPES` maps each V2 datatype to its numpy dtype. Arrays come from JSON data (checked before
+any array is built: ragged rows, a shape that does not hold the values, values of a type the
+datatype does not take; then values out of the datatype's range) or from the raw little-endian
+bytes of Triton's binary extension, and go back out as JSON-ready dicts.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def array_from_binary(name: str, blob: bytes, shape: list[int], datatype: str) -
     expected = math.prod(shape) * dtype.itemsize
     if len(blob) != expected:
         raise ValidationError(f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(blob)}")
-    return np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False).reshape(shape)
+    return _shaped(name, np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False), shape)
 
 
 def tensor_from_json(
@@ -85,33 +86,99 @@ def tensor_from_json(
 
 
 def array_from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndarray[Any, Any]:
-    if not isinstance(data, list):
-        data = [data]
-    try:
-        raw = np.asarray(data)
-    except ValueError:
-        raise ValidationError(f"input {name!r}: 'data' is ragged (rows of different lengths)") from None
-    if raw.dtype.kind == "f" and datatype == "UINT64":
-        raw = _as_uint64(data, raw)
-    array = _cast(name, raw, datatype)
-    if datatype == "BYTES" and raw.dtype.kind == "U":
-        # numpy's fixed-width strings drop trailing NUL characters: keep the strings as sent
-        array = np.array(data, dtype=object)
+    """The array of an input's JSON `data`, or ValidationError.
+
+    Nesting, count and value types are checked on the JSON values before any array is built, so
+    that no array is larger than a small multiple of the values sent: numpy would otherwise make
+    one fixed-width string array of count x longest string of `[1, 2, "a" * 500000, ...]`.
+    """
+    leaves = json_leaves(name, data)
     size = math.prod(shape)
-    if array.size != size:
-        raise ValidationError(f"input {name!r}: shape {shape} holds {size} values, 'data' has {array.size}")
-    return array if array.shape == tuple(shape) else array.reshape(shape)
+    if len(leaves) != size:
+        raise ValidationError(f"input {name!r}: shape {shape} holds {size} values, 'data' has {len(leaves)}")
+    array = _strings(name, leaves) if datatype == "BYTES" else _numbers(name, leaves, datatype)
+    return _shaped(name, array, shape)
 
 
-def _as_uint64(data: Any, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def json_leaves(name: str, data: Any) -> list[Any]:
+    """The values of `data` in row-major order, nested lists flattened level by level (ValidationError: ragged).
+
+    Any regular nesting is accepted (`[[1, 2], [3, 4]]` and `[1, 2, 3, 4]` alike); a scalar is one value.
+    """
+    if type(data) is not list:
+        return [data]
+    level = data
+    while level and type(level[0]) is list:
+        width = len(level[0])
+        for row in level:
+            if type(row) is not list or len(row) != width:
+                raise _ragged(name)
+        level = [value for row in level for value in row]
+    return level
+
+
+def _ragged(name: str) -> ValidationError:
+    return ValidationError(f"input {name!r}: 'data' is ragged (rows of different lengths)")
+
+
+def _strings(name: str, leaves: list[Any]) -> np.ndarray[Any, Any]:
+    """BYTES values: strings only, held as objects (never numpy's fixed-width strings)."""
+    if not _STRINGS.issuperset(map(type, leaves)):
+        raise _cannot_hold(name, "BYTES", leaves, _STRINGS)
+    return np.array(leaves, dtype=object)
+
+
+def _numbers(name: str, leaves: list[Any], datatype: str) -> np.ndarray[Any, Any]:
+    """Numeric values (numbers and booleans only), converted and range-checked as `datatype`."""
+    try:
+        sum(leaves)  # raises TypeError on a string, null, list or object, at a few ns per value
+    except TypeError:
+        raise _cannot_hold(name, datatype, leaves, _NUMBERS) from None
+    except OverflowError:
+        pass  # an integer too large for a float beside floats: numpy holds it as an object, refused below
+    raw = np.asarray(leaves)
+    if raw.dtype.kind == "f" and datatype == "UINT64":
+        raw = _as_uint64(leaves, raw)
+    return _cast(name, raw, datatype)
+
+
+def _cannot_hold(name: str, datatype: str, leaves: list[Any], allowed: frozenset[type]) -> ValidationError:
+    found = set(map(type, leaves))
+    if list in found:
+        return _ragged(name)
+    wrong = ", ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in found - allowed))
+    return ValidationError(f"input {name!r}: datatype {datatype} cannot hold the values sent ({wrong})")
+
+
+_STRINGS: frozenset[type] = frozenset({str})
+_NUMBERS: frozenset[type] = frozenset({int, float, bool})
+_TYPE_NAMES: dict[type, str] = {
+    str: "strings",
+    type(None): "nulls",
+    dict: "objects",
+    bool: "booleans",
+    int: "integers",
+    float: "fractional numbers",
+}
+
+
+def _shaped(name: str, array: np.ndarray[Any, Any], shape: list[int]) -> np.ndarray[Any, Any]:
+    if array.shape == tuple(shape):
+        return array
+    try:
+        return array.reshape(shape)
+    except ValueError as error:  # an empty tensor whose other dimensions are past numpy's limits
+        raise ValidationError(f"input {name!r}: shape {shape} cannot be held: {error}") from None
+
+
+def _as_uint64(values: list[Any], raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     # numpy reads [0, 2**63] (an int64 and a uint64 value) as float64; keep such integers exact
-    values = np.asarray(data, dtype=object).reshape(-1).tolist()
     if all(type(v) is int and 0 <= v < 2**64 for v in values):
-        return np.array(values, dtype=np.uint64).reshape(raw.shape)
+        return np.array(values, dtype=np.uint64)
     return raw
 
 
-_KINDS_ACCEPTED = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "O": "USO"}
+_KINDS_ACCEPTED = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
 
 
 def _cast(name: str, raw: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
@@ -127,8 +194,6 @@ def _cast(name: str, raw: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any
         low, high = raw.min(), raw.max()
         if low < info.min or high > info.max:
             raise ValidationError(f"input {name!r}: values from {low} to {high} do not fit {datatype}")
-    if dtype.kind == "O":
-        return np.array(raw.tolist(), dtype=object)
     return raw.astype(dtype, copy=False)
 
 
@@ -138,8 +203,7 @@ def _describe_kind(kind: str) -> str:
         "i": "integers",
         "u": "integers",
         "b": "booleans",
-        "U": "strings",
-        "O": "mixed values or numbers too large",
+        "O": "integers too large for 64 bits",
     }.get(kind, kind)
 
 

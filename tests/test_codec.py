@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from typing import Any
 
@@ -189,6 +190,11 @@ DECODE_ERRORS = [
     pytest.param(v2_body(GOOD_INPUT, GOOD_INPUT), "appears twice", id="duplicate-name"),
     pytest.param(v2_body(GOOD_INPUT, id=7), "'id' must be a string", id="id-not-string"),
     pytest.param(v2_body(GOOD_INPUT, outputs=["y"]), "'outputs' must be a list", id="outputs-form"),
+    pytest.param(
+        v2_body(GOOD_INPUT, outputs=[{"name": "y"}, {"name": "z"}, {"name": "y"}]),
+        r"^output 'y' requested twice; name each output once$",
+        id="duplicate-output",
+    ),
     pytest.param(b'\xef\xbb\xbf{"inputs": []}', "not valid JSON", id="utf8-bom"),
     pytest.param(b'{"inputs": [], "id": "\\ud800"}', "not valid JSON", id="lone-surrogate"),
 ]
@@ -298,6 +304,52 @@ def test_nonfinite_binary_data_is_rejected_unless_allowed(number: float) -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# Text that UTF-8 cannot encode (read only by the NaN fallback parser)
+
+NAN_INPUT = v2_input("x", "FP32", [1], [math.nan])
+
+
+def _with_nan(**members: Any) -> bytes:
+    """A request holding NaN, as Python's json writes it: a lone surrogate as the escape \\ud800."""
+    return json.dumps({"inputs": [NAN_INPUT], **members}).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "member"),
+    [
+        pytest.param(_with_nan(id="\ud800"), "id", id="id"),
+        pytest.param(_with_nan(inputs=[NAN_INPUT, v2_input("a\udfff", "FP32", [1], [1])]), "inputs", id="input-name"),
+        pytest.param(_with_nan(inputs=[NAN_INPUT, v2_input("s", "BYTES", [1], ["\ud800"])]), "inputs", id="bytes-data"),
+        pytest.param(_with_nan(parameters={"p": ["\udc00"]}), "parameters", id="parameter"),
+        pytest.param(_with_nan(parameters={"\ud800": 1}), "parameters", id="parameter-key"),
+        pytest.param(_with_nan(outputs=[{"name": "\ud800"}]), "outputs", id="output-name"),
+        pytest.param(_with_nan(**{"\ud800": 1}), "\\ud800", id="unknown-member"),
+    ],
+)
+def test_text_utf8_cannot_encode_is_a_decode_error(value: bytes, member: str) -> None:
+    """With allow_nonfinite (Python's json reads the NaN), a lone surrogate anywhere in the request
+    is a DecodeError naming the top-level member that holds it."""
+    with pytest.raises(DecodeError, match=f"^'{re.escape(member)}' holds text that cannot be encoded as UTF-8"):
+        decode_request(value, limits=Limits(allow_nonfinite=True))
+
+
+def test_a_surrogate_pair_is_text() -> None:
+    """The escapes of a surrogate pair (one character past U+FFFF) decode to that character."""
+    value = _with_nan(id="\U0001f600")
+
+    assert b"\\ud83d\\ude00" in value
+    assert "\U0001f600" == decode_request(value, limits=Limits(allow_nonfinite=True)).id
+
+
+def test_encoded_surrogates_are_not_valid_utf8() -> None:
+    """A surrogate written as raw UTF-8 bytes (ED A0 80) is refused even where NaN is allowed."""
+    value = _with_nan(id="-").replace(b'"-"', b'"\xed\xa0\x80"')
+
+    with pytest.raises(DecodeError, match="'id' holds text that cannot be encoded as UTF-8"):
+        decode_request(value, limits=Limits(allow_nonfinite=True))
+
+
+# ---------------------------------------------------------------------------------------------
 # Binary extension
 
 
@@ -376,6 +428,23 @@ def test_header_length_outside_the_value_is_rejected(length: int) -> None:
     """A header length that is zero, negative or past the end raises DecodeError."""
     with pytest.raises(DecodeError, match="inference-header-content-length"):
         decode_request(v2_body(GOOD_INPUT), header_length=length)
+
+
+def test_a_binary_request_without_its_length_header_names_the_header() -> None:
+    """A binary request decoded as plain JSON is a DecodeError that names the header it needs."""
+    value, _ = _binary_request([("x", "FP32", [2], struct.pack("<2f", 1.5, 2.5))])
+
+    with pytest.raises(DecodeError, match=r"looks binary: .* needs the record header inference-header-content-length"):
+        decode_request(value)
+
+
+@pytest.mark.parametrize("value", [b"hello world", b'{"inputs": [', b"\xef\xbb\xbf{}"])
+def test_text_that_is_not_json_gets_no_binary_hint(value: bytes) -> None:
+    """Text that is not JSON (no control bytes, valid UTF-8) is not said to look binary."""
+    with pytest.raises(DecodeError, match="not valid JSON") as raised:
+        decode_request(value)
+
+    assert "binary" not in str(raised.value)
 
 
 def test_bytes_tensors_cannot_be_binary() -> None:

@@ -20,7 +20,7 @@ from schemas.errors import ValidationError
 from schemas.records import InputRecord
 from schemas.tensors import Tensor, array_from_json, nonfinite_error
 from tests.factories import make_record, v2_input
-from worker.deferred import DeferredTensor, from_json, stack
+from worker.deferred import MAX_DEFERRED_VALUES, DeferredTensor, from_json, stack
 from worker.outcomes import DeadLetter, Item, Outcome, Result
 from worker.pipeline import decode, fallback_id, make_item, score_batch
 from worker.store import ModelStore
@@ -117,22 +117,53 @@ def test_the_codec_stays_strict() -> None:
     ("datatype", "shape", "data", "message"),
     [
         pytest.param("FP32", [1, 2], [1.0, "a"], r"datatype FP32 cannot hold the values sent \(strings\)", id="str"),
-        pytest.param("FP32", [1, 2], [True, False], r"cannot hold the values sent \(booleans\)", id="bools"),
+        pytest.param("FP32", [1, 2], [1.0, None], r"cannot hold the values sent \(nulls\)", id="null"),
+        pytest.param("FP32", [1, 2], [1.0, {}], r"cannot hold the values sent \(objects\)", id="object"),
         pytest.param("INT64", [1, 2], [1, 2.5], r"cannot hold the values sent \(fractional numbers\)", id="float"),
-        pytest.param("INT8", [1, 2], [1, 300], "values from 1 to 300 do not fit INT8", id="range"),
+        pytest.param("BOOL", [1, 2], [True, 1], r"cannot hold the values sent \(integers\)", id="int-as-bool"),
         pytest.param("FP32", [1, 3], [1.0, 2.0], r"shape \[1, 3\] holds 3 values, 'data' has 2", id="size"),
+        pytest.param("FP32", [1, 10**12], [1.0, 2.0], r"shape \[1, 1000000000000\] holds", id="huge-shape"),
         pytest.param("FP32", [1, 2], [1.0, [2.0]], "ragged", id="ragged"),
+    ],
+)
+def test_data_of_the_wrong_count_or_type_is_refused_at_decode(
+    datatype: str, shape: list[int], data: Any, message: str
+) -> None:
+    """A flat list whose count or value types do not fit its input raises the strict ValidationError
+    when decoded, not when its batch is scored."""
+    with pytest.raises(ValidationError, match=message):
+        from_json("x", datatype, shape, data, None)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "message"),
+    [
+        pytest.param("FP32", [1, 2], [True, False], r"cannot hold the values sent \(booleans\)", id="bools"),
+        pytest.param("INT8", [1, 2], [1, 300], "values from 1 to 300 do not fit INT8", id="range"),
+        pytest.param("INT64", [1, 2], [1, 2**70], r"cannot hold the values sent \(integers too large", id="big"),
     ],
 )
 def test_deferred_data_raises_the_strict_error_when_read(
     datatype: str, shape: list[int], data: Any, message: str
 ) -> None:
-    """Reading `data` of a deferred tensor raises the ValidationError decoding used to raise."""
+    """What only numpy tells (range, booleans alone) is deferred, and reading `data` raises the
+    ValidationError decoding would have raised."""
     tensor = from_json("x", datatype, shape, data, None)
 
     assert isinstance(tensor, DeferredTensor)
     with pytest.raises(ValidationError, match=message):
         tensor.data  # noqa: B018
+
+
+def test_large_numeric_data_is_converted_at_decode() -> None:
+    """A list of more than MAX_DEFERRED_VALUES values is held as a compact array from decode on,
+    a list of exactly that many stays deferred."""
+    size = MAX_DEFERRED_VALUES
+    small = from_json("x", "FP32", [1, size], [0.5] * size, None)
+    large = from_json("x", "FP32", [1, size + 1], [0.5] * (size + 1), None)
+
+    assert (DeferredTensor, Tensor) == (type(small), type(large))
+    assert (np.dtype(np.float32), (1, size + 1)) == (large.data.dtype, large.data.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,12 +287,12 @@ def _decoded(record: InputRecord, model: LoadedModel, shadow: bool) -> Item | No
 
 
 def test_one_bad_record_alone_is_dead_lettered(store: ModelStore) -> None:
-    """A batch of one record whose data does not fit its shape gives one validate dead letter."""
-    record = make_record(_value("x", "FP32", [1, 8], [0.5] * 7, "short"), key=b"short-key")
+    """A batch of one record whose deferred data does not convert gives one validate dead letter."""
+    record = make_record(_value("x", "FP32", [1, 8], [True] * 8, "bools"), key=b"bools-key")
     item = make_item(record, decode(record, Limits()), _model(store, "mlp"))
 
     (outcome,) = score_batch([item], CORRELATION)
 
     assert isinstance(outcome, DeadLetter)
-    assert ("validate", "short-key") == (outcome.error.stage, outcome.request_id)  # type: ignore[attr-defined]
-    assert "shape [1, 8] holds 8 values, 'data' has 7" in str(outcome.error)
+    assert ("validate", "bools-key") == (outcome.error.stage, outcome.request_id)  # type: ignore[attr-defined]
+    assert "input 'x': datatype FP32 cannot hold the values sent (booleans)" == str(outcome.error)

@@ -18,7 +18,7 @@ from schemas.control import Canary, DesiredState, canary_share
 from schemas.errors import DecodeError, ModelNotFoundError, ValidationError
 from tests.factories import make_record, v2_body, v2_input
 from worker.admit import Admitted, Load, admit, admit_loaded
-from worker.lineup import Key, Lineup, Missing
+from worker.lineup import Chosen, Key, Lineup, Missing
 from worker.outcomes import DeadLetter
 
 
@@ -149,6 +149,16 @@ def test_a_canary_takes_exactly_the_ids_whose_share_is_below_its_weight(models: 
     assert 0 < len(routed) < len(ids)
 
 
+def test_any_id_routes_even_one_utf8_cannot_encode(models: dict[str, LoadedModel]) -> None:
+    """An id holding a lone surrogate (decoding refuses it; routing must not raise on it either) has a share."""
+    lineup = lineup_of(models, Given(state=CANARY))
+
+    assert 0.0 <= canary_share("\ud800") < 1.0
+    assert choice(lineup, None, None, "\ud800") in (("chosen", "1", None), ("chosen", "2", None))
+    as_utf8 = int.from_bytes(hashlib.blake2b("r\u00e9q".encode(), digest_size=8).digest(), "big") / 2**64
+    assert as_utf8 == canary_share("r\u00e9q")  # any other text hashes its UTF-8 bytes, as before
+
+
 def request(request_id: str = "req", shape: tuple[int, int] = (1, 8)) -> bytes:
     return v2_body(v2_input("x", "FP32", list(shape), [0.5] * (shape[0] * shape[1])), id=request_id)
 
@@ -214,6 +224,23 @@ def test_a_request_that_does_not_fit_is_dead_lettered_with_its_model(
     assert isinstance(letter, DeadLetter)
     sha256 = hashlib.sha256((root / "mlp" / "3" / "model.onnx").read_bytes()).hexdigest()
     assert ("mlp", "3", sha256) == letter.model
+
+
+class BrokenLineup(Lineup):
+    """A lineup whose routing raises, as a bug of ours would."""
+
+    def choose(self, name: str | None, pinned: str | None, request_id: str) -> Chosen | Missing:
+        raise RuntimeError("a bug in routing")
+
+
+def test_a_record_whose_routing_raises_is_dead_lettered() -> None:
+    """Routing that raises something outside the error tree dead-letters the record (stage
+    validate, the error as its cause) instead of stopping the fetch loop."""
+    letter = admit(make_record(request()), Limits(), BrokenLineup("mlp"))
+
+    assert isinstance(letter, DeadLetter)
+    assert "the request could not be routed to a model: RuntimeError('a bug in routing')" == str(letter.error)
+    assert ("validate", RuntimeError) == (letter.error.stage, type(letter.error.__cause__))  # type: ignore[attr-defined]
 
 
 def test_admit_loaded_dead_letters_the_problem_the_load_met(models: dict[str, LoadedModel]) -> None:

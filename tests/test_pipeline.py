@@ -16,11 +16,13 @@ from artifacts.runtime import InputSpec, LoadedModel, OutputSpec
 from artifacts.signature import check_request
 from demo import models as demo
 from schemas import headers as h
-from schemas.codec import Limits, decode_request, decode_response, encode_request
+from schemas.codec import InferenceRequest, Limits, decode_request, decode_response, encode_request
 from schemas.errors import InferenceError, ModelNotFoundError, ValidationError
 from tests.factories import make_record
+from worker import pipeline
+from worker.deferred import DeferredTensor
 from worker.outcomes import DeadLetter, Item, Result
-from worker.pipeline import decode, make_item, score_batch
+from worker.pipeline import decode, make_item, model_choice, score_batch
 from worker.store import ModelStore
 
 FEATURES = 8  # demo.make_mlp's default
@@ -268,8 +270,10 @@ def test_correlation_headers_are_copied_and_others_are_not(store: ModelStore) ->
     assert [("traceparent", b"00-abc-def-01"), (h.MODEL, b"mlp"), (h.MODEL_VERSION, b"9")] == result.headers
 
 
-def test_binary_request_scores_like_json(store: ModelStore) -> None:
-    """A request sent with binary tensor data (header length in a record header) scores as JSON would."""
+@pytest.mark.parametrize("length_header", [h.BINARY_HEADER_LENGTH, "Inference-Header-Content-Length"])
+def test_binary_request_scores_like_json(store: ModelStore, length_header: str) -> None:
+    """A request sent with binary tensor data (header length in a record header, its name in any
+    case, as over HTTP) scores as JSON would."""
     model = _load(store, "mlp")
     rows = _rows(2, 5)
     header = (
@@ -278,7 +282,7 @@ def test_binary_request_scores_like_json(store: ModelStore) -> None:
     )
     record = make_record(
         header + struct.pack("<16f", *rows.reshape(-1)),
-        headers=[(h.BINARY_HEADER_LENGTH, str(len(header)).encode())],
+        headers=[(length_header, str(len(header)).encode())],
     )
     binary = make_item(record, decode(record, Limits()), model)
     as_json = _item(model, {"x": rows})
@@ -287,6 +291,89 @@ def test_binary_request_scores_like_json(store: ModelStore) -> None:
 
     first, second = (decode_response(o.value).output("probabilities").data for o in outcomes)  # type: ignore[union-attr]
     np.testing.assert_array_equal(second, first)
+
+
+class Unholdable(DeferredTensor):
+    """Deferred data whose conversion raises MemoryError, as numpy does when an array cannot be allocated."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        raise MemoryError("Unable to allocate 466. GiB for an array with shape (250001,) and data type <U500000")
+
+
+def _unholdable_item(model: LoadedModel, offset: int) -> Item:
+    request = InferenceRequest("huge", (Unholdable("x", "FP32", [1, FEATURES], [0.5] * FEATURES, None),))
+    return make_item(make_record(b"{}", offset=offset, key=b"huge-key"), request, model)
+
+
+def test_a_record_whose_data_cannot_be_held_is_dead_lettered_alone(store: ModelStore) -> None:
+    """Scenario: a batch of five, the third record's data raises MemoryError when converted.
+    The batch is split: that record is dead-lettered at validate (its key as id, no model), the
+    four others are scored, in order."""
+    model = _load(store, "mlp")
+    items = [_item(model, {"x": _rows(1, i)}, offset=i, request_id=f"r{i}") for i in range(5)]
+    items[2] = _unholdable_item(model, 2)
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert [Result, Result, DeadLetter, Result, Result] == [type(o) for o in outcomes]
+    letter = outcomes[2]
+    assert isinstance(letter, DeadLetter)
+    assert ("validate", "huge-key", None) == (letter.error.stage, letter.request_id, letter.model)  # type: ignore[attr-defined]
+    assert str(letter.error).startswith("the request's data could not be converted: MemoryError(")
+    assert isinstance(letter.error.__cause__, MemoryError)
+
+
+def test_an_unexpected_error_encoding_a_batch_splits_it(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: encoding the results of a batch of several records raises MemoryError (encoding one
+    record alone does not). Every record is scored alone, and score_batch does not raise."""
+    real = pipeline.ResponseEncoder
+
+    def encoder(*args: Any, whole: bool) -> Any:
+        if not whole:
+            raise MemoryError("the batch's outputs")
+        return real(*args, whole=whole)
+
+    monkeypatch.setattr(pipeline, "ResponseEncoder", encoder)
+    model = _load(store, "mlp")
+    items = [_item(model, {"x": _rows(1, i)}, offset=i, request_id=f"r{i}") for i in range(3)]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert ["r0", "r1", "r2"] == [decode_response(o.value).id for o in outcomes]  # type: ignore[union-attr]
+
+
+def test_a_batch_that_always_raises_dead_letters_each_record_at_infer(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: building the model feeds raises RuntimeError for every batch, a bug of ours.
+    score_batch does not raise: each record gets an infer dead letter naming the error and its model."""
+
+    def broken(items: Sequence[Item]) -> dict[str, np.ndarray]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipeline, "_concatenate", broken)
+    model = _load(store, "mlp")
+    items = [_item(model, {"x": _rows(1, i)}, offset=i, request_id=f"r{i}") for i in range(3)]
+
+    outcomes = score_batch(items, CORRELATION)
+
+    assert all(isinstance(o, DeadLetter) for o in outcomes)
+    stages = [(o.error.stage, o.request_id, o.model and o.model[0]) for o in outcomes]  # type: ignore[attr-defined]
+    assert [("infer", f"r{i}", "mlp") for i in range(3)] == stages
+    assert str(outcomes[0].error).startswith("scoring failed: RuntimeError('a bug')")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([("Streamscore-Model", b"mlp"), ("STREAMSCORE-MODEL-VERSION", b"9")], ("mlp", "9"), id="ours"),
+        pytest.param([("MLServer-Model", b"sklearn"), ("MLServer-Version", b"1")], ("sklearn", "1"), id="mlserver"),
+        pytest.param([("traceparent", b"00-abc"), ("x-streamscore-model", b"no")], (None, None), id="others"),
+    ],
+)
+def test_model_headers_are_read_in_any_case(headers: list[tuple[str, bytes]], expected: tuple[str, str]) -> None:
+    """The model and version headers are found whatever the case of their names; other names are not."""
+    assert expected == model_choice(make_record(headers=headers))
 
 
 def test_empty_batch_gives_no_outcomes() -> None:

@@ -17,6 +17,7 @@ from schemas import headers as h
 from schemas.codec import decode_response, encode_request
 from schemas.control import DesiredState, encode_state
 from tests.fakes import FakeClients, FakeCluster
+from worker.outcomes import Item, Outcome
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -152,6 +153,34 @@ async def test_a_dead_letter_that_cannot_be_written_stops_the_worker_uncommitted
     assert 1 == clients.exit_code
 
     assert {} == committed(cluster)
+
+
+async def test_a_batch_whose_scoring_raises_is_dead_lettered_and_the_worker_goes_on(
+    model_root: Path, cluster: FakeCluster
+) -> None:
+    """Scenario: scoring the first batch raises (as a bug of ours or a MemoryError would), later
+    batches score. The first batch's records are dead-lettered at infer, the rest are scored,
+    every offset is committed and the burst exits 0."""
+    ids = send_requests(cluster, 20)
+    worker = Worker(settings_for(model_root, burst=True), clients=FakeClients(cluster))
+    real, calls = worker.scoring.score, []
+
+    def score_raising_once(items: list[Item]) -> list[Outcome]:
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise RuntimeError("scoring broke")
+        return real(items)
+
+    worker.scoring.score = score_raising_once  # type: ignore[method-assign]
+
+    assert 0 == await asyncio.wait_for(worker.run(), 30)
+
+    letters = cluster.records(DLT)
+    scored = [decode_response(r.value).id for r in cluster.records(OUT)]  # type: ignore[arg-type]
+    assert calls[0] == len(letters)
+    assert {b"infer"} == {dict(letter.headers)[h.DLT_STAGE] for letter in letters}
+    assert sorted(ids) == sorted(scored + [letter.key.decode() for letter in letters])  # type: ignore[union-attr]
+    assert {0: 10, 1: 10} == committed(cluster)
 
 
 async def test_a_rebalance_mid_batch_finishes_and_commits_the_revoked_partition(

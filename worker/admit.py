@@ -45,25 +45,34 @@ Fate = Admitted | DeadLetter | Load
 
 
 def admit(record: Record, limits: Limits, lineup: Lineup) -> Fate:
-    """Decode `record` and route it against `lineup`."""
+    """Decode `record` and route it against `lineup`; never raises."""
     try:
         request = decode(record, limits)
     except ValidationError as error:  # well formed, but past a limit: say which model it was meant for
         return dead_letter(record, error, _meant_for(record, lineup))
     except RecordError as error:
         return dead_letter(record, error)
-    return _route(record, request, lineup)
+    return _route_safely(record, request, lineup)
 
 
 def admit_loaded(load: Load, lineup: Lineup, problem: RecordError | None) -> Admitted | DeadLetter:
     """Decide again after the load that `load` asked for: `problem` says why it could not be served."""
     if problem is not None:
         return _named(load.record, problem, load.name, load.version)
-    fate = _route(load.record, load.request, lineup)
+    fate = _route_safely(load.record, load.request, lineup)
     if isinstance(fate, Load):  # loaded, and already dropped again (a desired state changed meanwhile)
         shown = load.version or "default"
         return dead_letter(load.record, ModelNotFoundError(f"model {load.name} version {shown} is not loaded"))
     return fate
+
+
+def _route_safely(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:
+    try:
+        return _route(record, request, lineup)
+    except Exception as error:  # a bug of ours must not turn one record into a crash loop (as in decode)
+        unroutable = ValidationError(f"the request could not be routed to a model: {error!r}")
+        unroutable.__cause__ = error
+        return dead_letter(record, unroutable)
 
 
 def _route(record: Record, request: InferenceRequest, lineup: Lineup) -> Fate:
@@ -100,7 +109,7 @@ def _meant_for(record: Record, lineup: Lineup) -> LoadedModel | None:
     name, pinned = model_choice(record)
     try:
         chosen = lineup.choose(name, pinned, fallback_id(record))
-    except RecordError:
+    except Exception:  # only to name the model on a dead letter: never worth a crash
         return None
     return chosen.model if isinstance(chosen, Chosen) else None
 

@@ -18,6 +18,7 @@ from worker.deferred import from_json, stack
 from worker.outcomes import DeadLetter, Item, Outcome, Result
 
 MAX_REMEMBERED_LAYOUTS = 1024
+_LENGTH_HEADER = (h.BINARY_HEADER_LENGTH,)
 
 
 def fallback_id(record: Record) -> str:
@@ -30,9 +31,9 @@ def fallback_id(record: Record) -> str:
 def decode(record: Record, limits: Limits) -> InferenceRequest:
     """Decode the record value (JSON, or JSON plus binary tensors) into a V2 request.
 
-    Numeric JSON data stays a list until its batch is scored (`worker.deferred`).
+    Small numeric JSON data stays a list until its batch is scored (`worker.deferred`).
     """
-    raw_length = h.first(record.headers, (h.BINARY_HEADER_LENGTH,))
+    raw_length = h.first(record.headers, _LENGTH_HEADER) if record.headers else None
     header_length = None
     if raw_length is not None:
         try:
@@ -81,11 +82,45 @@ def score_batch(items: Sequence[Item], correlation: Sequence[str], *, check_fini
 
     `check_finite`: refuse NaN and Infinity, checked once over the batch (a batch that holds
     some is searched for the records that sent them). Deferred JSON data that does not convert
-    is dead-lettered as decoding would have (stage validate). Blocking (onnxruntime runs here):
-    call it from a worker thread.
+    is dead-lettered as decoding would have (stage validate). Never raises: an unexpected error
+    (a MemoryError, a bug of ours) splits the batch too, and the records that cause it are
+    dead-lettered (`failed`). Blocking (onnxruntime runs here): call it from a worker thread.
     """
     if not items:
         return []
+    try:
+        return _score_batch(items, correlation, check_finite)
+    except Exception as error:  # nothing a record causes may stop the score loop
+        if len(items) == 1:
+            return [failed(items[0], error)]
+        middle = len(items) // 2
+        return score_batch(items[:middle], correlation, check_finite=check_finite) + score_batch(
+            items[middle:], correlation, check_finite=check_finite
+        )
+
+
+def failed(item: Item, error: Exception) -> DeadLetter:
+    """The dead letter of a record whose scoring raised `error`, which is not a RecordError.
+
+    Stage validate when the record's own data does not convert (decoding's dead letter: its id,
+    no model), else infer (its request id and model).
+    """
+    problem = _conversion_error(item, Exception)
+    if problem is None:
+        return unscored(item, error)
+    letter = ValidationError(f"the request's data could not be converted: {problem!r}; send smaller requests")
+    letter.__cause__ = problem
+    return DeadLetter(item.record, letter, fallback_id(item.record), shadow=item.shadow)
+
+
+def unscored(item: Item, error: Exception) -> DeadLetter:
+    """The dead letter (stage infer, with its model) of a record whose batch failed with `error`."""
+    scoring = InferenceError(f"scoring failed: {error!r}; the record was dead-lettered, the records beside it go on")
+    scoring.__cause__ = error
+    return DeadLetter(item.record, scoring, item.request_id, _info(item.model), shadow=item.shadow)
+
+
+def _score_batch(items: Sequence[Item], correlation: Sequence[str], check_finite: bool) -> list[Outcome]:
     try:
         feeds = _concatenate(items)
     except ValidationError:
@@ -100,17 +135,18 @@ def _without_unconvertible(items: Sequence[Item], correlation: Sequence[str], ch
     letters = {
         i: DeadLetter(item.record, error, fallback_id(item.record), shadow=item.shadow)
         for i, item in enumerate(items)
-        if (error := _conversion_error(item)) is not None
+        if (error := _conversion_error(item, ValidationError)) is not None
     }
     clean = [item for i, item in enumerate(items) if i not in letters]
     return _merge(letters, score_batch(clean, correlation, check_finite=check_finite), len(items))
 
 
-def _conversion_error(item: Item) -> ValidationError | None:
+def _conversion_error(item: Item, expected: type[Exception]) -> Exception | None:
+    """The error of type `expected` converting the item's data raises, or None."""
     try:
         for tensor in item.request.inputs:
             tensor.data  # noqa: B018 (a deferred tensor converts on first read)
-    except ValidationError as error:
+    except expected as error:
         return error
     return None
 
@@ -122,7 +158,7 @@ def _without_nonfinite(items: Sequence[Item], correlation: Sequence[str]) -> lis
         if (name := _nonfinite_input(item)) is not None
     }
     clean = [item for i, item in enumerate(items) if i not in letters]
-    return _merge(letters, _score(clean, _concatenate(clean), correlation) if clean else [], len(items))
+    return _merge(letters, score_batch(clean, correlation, check_finite=False), len(items))
 
 
 def _merge(letters: dict[int, DeadLetter], scored: list[Outcome], count: int) -> list[Outcome]:
@@ -139,6 +175,7 @@ def _nonfinite_input(item: Item) -> str | None:
 
 
 def _score(items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correlation: Sequence[str]) -> list[Outcome]:
+    """Run the model on a batch whose feeds converted (and are finite, when that is checked)."""
     model = items[0].model
     try:
         outputs = model.run(feeds)
@@ -146,13 +183,13 @@ def _score(items: Sequence[Item], feeds: dict[str, np.ndarray[Any, Any]], correl
         if len(items) == 1:
             return [DeadLetter(items[0].record, error, items[0].request_id, _info(model), shadow=items[0].shadow)]
         middle = len(items) // 2
-        return _score(items[:middle], _concatenate(items[:middle]), correlation) + _score(
-            items[middle:], _concatenate(items[middle:]), correlation
+        return score_batch(items[:middle], correlation, check_finite=False) + score_batch(
+            items[middle:], correlation, check_finite=False
         )
     total = sum(item.rows for item in items)
     if len(items) > 1 and any(_rows_of(t) != total for t in outputs.values()):
         # Outputs that do not follow the batch axis cannot be split by record: one at a time.
-        return [outcome for item in items for outcome in _score([item], _concatenate([item]), correlation)]
+        return [outcome for item in items for outcome in score_batch([item], correlation, check_finite=False)]
     return _encode_results(items, outputs, correlation)
 
 
@@ -188,6 +225,7 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         rows = item.rows
         try:
             value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
+            result_key = item.request_id.encode()
         except Exception as error:  # an output we cannot write must not stop the worker
             rejected = ResultRejectedError(f"the result could not be encoded: {error!r}")
             rejected.__cause__ = error
@@ -198,5 +236,5 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         headers = model_headers
         if item.record.headers:
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
-        results.append(Result(item.record, item.request_id, item.request_id.encode(), value, headers, item.shadow))
+        results.append(Result(item.record, item.request_id, result_key, value, headers, item.shadow))
     return results

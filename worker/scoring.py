@@ -1,5 +1,8 @@
 """The score loop: close batches (full, due, or all of them when stopping), score each in the model
-thread, and hand its outcomes on. Scoring itself is pure (`worker.pipeline.score_batch`)."""
+thread, and hand its outcomes on. Scoring itself is pure (`worker.pipeline.score_batch`).
+
+The loop never dies of a batch: should scoring raise after all, the batch's records are
+dead-lettered with the error (stage infer) and the loop goes on with the next batch."""
 
 from __future__ import annotations
 
@@ -10,11 +13,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
+import structlog
+
 from worker.batcher import Batch, MicroBatcher
 from worker.observe import Observer
 from worker.outcomes import Item, Outcome
-from worker.pipeline import score_batch
+from worker.pipeline import score_batch, unscored
 from worker.settings import Settings
+
+log = structlog.get_logger("streamscore.worker")
 
 
 class ScoreLoop:
@@ -53,13 +60,29 @@ class ScoreLoop:
 
     async def run(self) -> None:
         """Score batches as they close, forever (cancelled at shutdown)."""
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self.next_batch()
-            outcomes = await loop.run_in_executor(self.executor, self.score, batch.items)
+            outcomes = await self.outcomes_of(batch)
             self.observer.scored(batch)
             for outcome in outcomes:
                 await self.send(outcome)
+
+    async def outcomes_of(self, batch: Batch[Item]) -> list[Outcome]:
+        """Score `batch` in the model thread; if that raises, every record's dead letter with the error."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, self.score, batch.items)
+        except Exception as error:  # a failed score loop would stop the worker: a crash loop on restart
+            model = batch.items[0].model
+            log.error(
+                "batch_failed",
+                model=model.name,
+                version=model.version,
+                records=len(batch.items),
+                error=repr(error),
+                hint="its records are dead-lettered (stage infer); the worker goes on",
+            )
+            return [unscored(item, error) for item in batch.items]
 
     async def next_batch(self) -> Batch[Item]:
         """The next closed batch, waiting until one is full or due."""

@@ -13,7 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from broker import local
+from broker import cluster, local
 from broker.config import DEFAULT_CONTROLLER_PORT, DEFAULT_HOME, DEFAULT_PORT
 from schemas.errors import StreamscoreError
 from transport.admin import create_topics
@@ -52,13 +52,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="seconds to wait for the broker (default: %(default)s)",
     )
 
-    parser = subparsers.add_parser("broker", help="run a local single-node Apache Kafka broker (needs java and mvn)")
+    parser = subparsers.add_parser("broker", help="run a local Apache Kafka broker or cluster (needs java and mvn)")
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
-    actions.add_parser(
+    start = actions.add_parser(
         "start",
         parents=[common],
         help="start the broker (if needed) and print its bootstrap address",
+    )
+    start.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="1: one broker in --dir; N: a cluster of N nodes in --dir/node-<i>, on ports from --port up (default 1)",
     )
     actions.add_parser("stop", parents=[common], help="stop the broker")
     actions.add_parser("status", parents=[common], help="print running or stopped, the pid and the address")
@@ -86,31 +92,36 @@ def run(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace, config: local.BrokerConfig) -> int:
     command = args.broker_command
+    found = cluster.Cluster.found_at(args.dir)
     if command == "start":
-        print(local.start(config, timeout_s=args.timeout, progress=_say), flush=True)
+        if args.nodes > 1 or found is not None:
+            nodes = cluster.Cluster.at(args.dir, args.nodes, port=args.port) if found is None else found
+            print(cluster.start(nodes, timeout_s=max(args.timeout, 120.0), progress=_say), flush=True)
+        else:
+            print(local.start(config, timeout_s=args.timeout, progress=_say), flush=True)
         return EXIT_OK
     if command == "stop":
-        stopped = local.stop(config, timeout_s=args.timeout)
+        stopped = cluster.stop(found) if found is not None else local.stop(config, timeout_s=args.timeout)
         _say("broker stopped" if stopped else "broker was not running")
         return EXIT_OK
     if command == "status":
-        return _print_status(local.status(config))
-    return _create_topics(args, config)
+        return _print_status(cluster.status(found) if found is not None else [local.status(config)])
+    return _create_topics(args, found.bootstrap if found is not None else config.address)
 
 
-def _print_status(status: local.BrokerStatus) -> int:
-    if status.running:
-        print(f"running pid={status.pid} address={status.address}", flush=True)
-        return EXIT_OK
-    print(f"stopped address={status.address}", flush=True)
-    return EXIT_NOT_RUNNING
+def _print_status(statuses: list[local.BrokerStatus]) -> int:
+    for number, status in enumerate(statuses, start=1):
+        node = f"node {number} " if len(statuses) > 1 else ""
+        state = f"running pid={status.pid}" if status.running else "stopped"
+        print(f"{node}{state} address={status.address}", flush=True)
+    return EXIT_OK if all(status.running for status in statuses) else EXIT_NOT_RUNNING
 
 
-def _create_topics(args: argparse.Namespace, config: local.BrokerConfig) -> int:
+def _create_topics(args: argparse.Namespace, address: str) -> int:
     if args.partitions < 1:
         _say(f"error: --partitions must be at least 1, got {args.partitions}")
         return EXIT_FAILED
-    bootstrap = args.bootstrap_servers or config.address
+    bootstrap = args.bootstrap_servers or address
     coroutine = create_topics(bootstrap, args.names, args.partitions, timeout_s=args.timeout)
     asyncio.run(coroutine)
     _say(f"topics ready on {bootstrap}: {', '.join(args.names)} ({args.partitions} partitions)")

@@ -17,16 +17,12 @@ import orjson
 
 from bench.cluster import running_broker
 from bench.config import (
-    MLP_CLASSES,
-    MLP_FEATURES,
-    MLP_HIDDEN,
-    MODEL_NAME,
-    MODEL_VERSION,
     QUICK_RECORDS,
     QUICK_TRICKLE_SECONDS,
     RESULTS_PATH,
     SCENARIOS,
     BenchConfig,
+    install_bench_model,
 )
 from bench.report import ScenarioResult, format_table, results_document
 from bench.scenario import measure
@@ -77,18 +73,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 
 async def run(config: BenchConfig, bootstrap: str) -> list[ScenarioResult]:
     """Measure every scenario of `config` against the broker at `bootstrap`."""
-    from demo.models import install_model, make_mlp
-
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-models-") as root:
-        model_path = install_model(
-            Path(root),
-            MODEL_NAME,
-            MODEL_VERSION,
-            make_mlp,
-            features=MLP_FEATURES,
-            hidden=MLP_HIDDEN,
-            classes=MLP_CLASSES,
-        )
+        model_path = install_bench_model(Path(root))
         return [await measure(s, config, bootstrap, Path(root), model_path, progress) for s in config.scenarios]
 
 

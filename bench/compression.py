@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import cluster
-from bench.config import MLP_CLASSES, MLP_FEATURES, MLP_HIDDEN, MODEL_NAME, MODEL_VERSION
+from bench.config import install_bench_model
 from bench.streamscore import run_burst, worker_settings
 from transport.admin import create_topics
 from worker.settings import COMPRESSIONS
@@ -29,22 +29,12 @@ PARTITIONS = 3
 
 async def measure(bootstrap: str, data_dir: Path, records: int, rounds: int) -> dict[str, list[tuple[float, int]]]:
     """(rows/s, bytes of the results topic on disk) of each codec, one entry per round."""
-    from demo.models import install_model, make_mlp
-
     topic = cluster.unique("codec-in")
     await create_topics(bootstrap, [topic], PARTITIONS)
     await cluster.produce(bootstrap, topic, cluster.make_requests(records, 1))
     found: dict[str, list[tuple[float, int]]] = {codec: [] for codec in COMPRESSIONS}
     with tempfile.TemporaryDirectory(prefix="streamscore-codec-models-") as root:
-        install_model(
-            Path(root),
-            MODEL_NAME,
-            MODEL_VERSION,
-            make_mlp,
-            features=MLP_FEATURES,
-            hidden=MLP_HIDDEN,
-            classes=MLP_CLASSES,
-        )
+        install_bench_model(Path(root))
         for round_number in range(rounds):
             for codec in COMPRESSIONS:
                 out = cluster.unique(f"codec-{codec}")

@@ -57,3 +57,11 @@ class BenchConfig:
     trickle_seconds: float = DEFAULT_TRICKLE_SECONDS
     profile: Path | None = None  # write cProfile stats of the streamscore run here
     output: Path = RESULTS_PATH
+
+
+def install_bench_model(root: Path) -> Path:
+    """The benchmark's MLP in a model folder under `root`; its path."""
+    from demo.models import install_model, make_mlp
+
+    shape = {"features": MLP_FEATURES, "hidden": MLP_HIDDEN, "classes": MLP_CLASSES}
+    return install_model(root, MODEL_NAME, MODEL_VERSION, make_mlp, **shape)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+import worker.control
 from schemas.control import DesiredState, encode_state
 from tests.fakes import FakeCluster, FakeReader
 from worker.control import ControlFollower
@@ -157,3 +158,22 @@ async def test_a_state_that_cannot_be_applied_does_not_stop_the_next(when: str) 
     await read(cluster, applied, when, write, count=3)
 
     assert ["a@1", "bad@1", "c@1"] == applied.states
+
+
+async def test_a_missing_topic_is_said_once_then_rarely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looked for every retry_s, a missing control topic is logged the first time, then again only after
+    MISSING_TOPIC_LOG_S (not every 5 s forever)."""
+    said: list[str] = []
+    monkeypatch.setattr(worker.control.log, "warning", lambda event, **_: said.append(event))
+    now = [0.0]
+    follower = ControlFollower(FakeReader(FakeCluster()), TOPIC, Applied(), retry_s=0.001, clock=lambda: now[0])
+
+    await follower.start()
+    async with following(follower):
+        await asyncio.sleep(0.05)  # many retries within the same minute
+        said_first = list(said)
+        now[0] += worker.control.MISSING_TOPIC_LOG_S
+        await until(lambda: len(said) > len(said_first))
+
+    assert ["control_topic_missing"] == said_first
+    assert ["control_topic_missing"] * 2 == said

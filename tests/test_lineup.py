@@ -284,3 +284,25 @@ def test_admit_loaded_admits_once_the_version_is_loaded(models: dict[str, Loaded
     assert isinstance(load, Load)
 
     assert ("admitted", ("3", False, "req")) == fate(admit_loaded(load, lineup_of(models, Given()), None))
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "expected"),
+    [
+        pytest.param(request(shape=(5, 8)), [], ("mlp", "3"), id="too-many-rows-default-model"),
+        pytest.param(request(shape=(5, 8)), [(h.MODEL_VERSION, b"2")], ("mlp", "2"), id="too-many-rows-pinned"),
+        pytest.param(request(), [(h.MODEL_VERSION, b"9")], ("mlp", "9"), id="pinned-version-that-does-not-load"),
+    ],
+)
+def test_validate_stage_dead_letters_name_the_model_when_it_is_known(
+    models: dict[str, LoadedModel], value: bytes, headers: list[tuple[str, bytes]], expected: tuple[str, str]
+) -> None:
+    """Past a limit (more rows than allowed) or pinned to a version refused at load, the dead letter still
+    says which model and version the record was meant for."""
+    lineup = lineup_of(models, Given(refused={("mlp", "9"): "corrupted"}))
+
+    letter = admit(make_record(value, headers=headers), Limits(max_request_rows=4), lineup)
+
+    assert isinstance(letter, DeadLetter)
+    assert "validate" == letter.error.stage  # type: ignore[attr-defined]
+    assert letter.model is not None and expected == letter.model[:2]

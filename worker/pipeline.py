@@ -131,9 +131,9 @@ def _score_batch(items: Sequence[Item], correlation: Sequence[str], check_finite
 
 
 def _without_unconvertible(items: Sequence[Item], correlation: Sequence[str], check_finite: bool) -> list[Outcome]:
-    # the dead letter decoding gave before conversion was deferred: the record's id, no model
+    # the dead letter decoding would have given (the record's id), naming the model it was meant for
     letters = {
-        i: DeadLetter(item.record, error, fallback_id(item.record), shadow=item.shadow)
+        i: DeadLetter(item.record, error, fallback_id(item.record), _info(item.model), shadow=item.shadow)
         for i, item in enumerate(items)
         if (error := _conversion_error(item, ValidationError)) is not None
     }

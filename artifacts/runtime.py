@@ -25,7 +25,8 @@ import onnxruntime as ort
 
 from artifacts.manifest import MODEL_FILE
 from artifacts.storage import check_key
-from schemas.errors import InferenceError, ModelLoadError
+from artifacts.watchdog import watched
+from schemas.errors import InferenceError, InferenceTimeout, ModelLoadError
 from schemas.tensors import DATATYPES, Tensor
 
 #: onnxruntime's element type names -> V2 datatypes
@@ -67,7 +68,9 @@ class OutputSpec:
 class Session(Protocol):
     """The part of onnxruntime.InferenceSession the worker uses (a seam for tests)."""
 
-    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]: ...
+    def run(
+        self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None
+    ) -> list[Any]: ...
 
 
 class LoadedModel:
@@ -93,12 +96,24 @@ class LoadedModel:
         self.accepted: dict[Hashable, Hashable] = {}  # request layouts checked against the signature -> batch key
 
         self.fixed_batch = _fixed_batch(inputs)  # read for every record: computed once
+        self.timeout_s = 0.0  # a run past it is stopped (InferenceTimeout); 0: no limit
 
-    def run(self, feeds: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Tensor]:
-        """Score one batch; raise InferenceError with onnxruntime's reason."""
+    def run(self, feeds: Mapping[str, np.ndarray[Any, Any]], timeout_s: float | None = None) -> dict[str, Tensor]:
+        """Score one batch; raise InferenceError with onnxruntime's reason, InferenceTimeout past `timeout_s`
+        (default: the model's `timeout_s`; 0: no limit)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            values = self.session.run(None, dict(feeds))
+            if timeout_s > 0:
+                with watched(timeout_s) as options:
+                    values = self.session.run(None, dict(feeds), options)
+            else:
+                values = self.session.run(None, dict(feeds))
         except Exception as error:  # onnxruntime raises plain RuntimeError subclasses
+            if timeout_s > 0 and "terminate" in str(error).lower():
+                raise InferenceTimeout(
+                    f"model {self.name} version {self.version} ran longer than {timeout_s:g} s "
+                    "(setting STREAMSCORE_INFERENCE_TIMEOUT_S) and was stopped"
+                ) from error
             raise InferenceError(f"model {self.name} version {self.version} raised: {error}") from error
         return {spec.name: _as_tensor(spec, value) for spec, value in zip(self.outputs, values, strict=True)}
 

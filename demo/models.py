@@ -117,6 +117,46 @@ def make_failing_model(path: Path, features: int = 4) -> Path:
     return _save(graph, path)
 
 
+def make_slow_model(path: Path, size: int = 64) -> Path:
+    """Write a model as slow as its input asks: ``x`` FP32 [N, 1] -> ``y`` FP32 [N, 1] = ``x``.
+
+    A Loop runs ``max(x)`` times a [size, size] matrix product (a few microseconds each), so a batch
+    holding a row of 1,000,000 runs for seconds while rows of 1 take microseconds (for
+    inference-timeout tests).
+    """
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["acc_in", "weights"], ["acc_out"], name="spin"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+        ],
+        "spin_body",
+        [
+            _tensor("i", TensorProto.INT64, []),
+            _tensor("cond_in", TensorProto.BOOL, []),
+            _tensor("acc_in", TensorProto.FLOAT, [size, size]),
+        ],
+        [_tensor("cond_out", TensorProto.BOOL, []), _tensor("acc_out", TensorProto.FLOAT, [size, size])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["most"], keepdims=0, name="most"),
+        helper.make_node("Cast", ["most"], ["trips"], to=TensorProto.INT64, name="trips"),
+        helper.make_node("Loop", ["trips", "true", "start"], ["spun"], body=body, name="spin_loop"),
+        helper.make_node("Identity", ["x"], ["y"], name="echo"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [_tensor("x", TensorProto.FLOAT, [BATCH_DIM, 1])],
+        [_tensor("y", TensorProto.FLOAT, [BATCH_DIM, 1])],
+        initializer=_initializers(
+            true=np.array(True),
+            start=np.eye(size, dtype=np.float32),
+            weights=np.eye(size, dtype=np.float32),
+        ),
+    )
+    return _save(graph, path)
+
+
 def make_fixed_batch_model(path: Path, features: int = 4) -> Path:
     """Write a batch-of-one model: ``x`` FP32 [1, features] -> ``y`` FP32 [1, 1], the row sum."""
     graph = helper.make_graph(

@@ -6,6 +6,7 @@
     │   ├── ValidationError         stage "validate": names, shapes, datatypes, row limits, NaN
     │   ├── ModelNotFoundError      stage "validate": no such model, or no such version
     │   └── InferenceError          stage "infer":    onnxruntime raised on this record alone
+    │       └── InferenceTimeout    stage "infer":    the model ran past the inference timeout
     ├── TransientError              retriable: the same call may succeed later
     │   ├── BrokerUnavailableError  the broker could not be reached or timed out
     │   └── ProduceError            a result or dead letter was not acknowledged (retriable cause)
@@ -62,6 +63,10 @@ class InferenceError(RecordError):
     """onnxruntime raised while scoring this record on its own."""
 
     stage = "infer"
+
+
+class InferenceTimeout(InferenceError):
+    """A model run took longer than the inference timeout and was stopped."""
 
 
 class ResultRejectedError(RecordError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artifacts.runtime import InputSpec, LoadedModel, OutputSpec
+from artifacts.runtime import InputSpec, LoadedModel, OutputSpec, load_model
 from artifacts.signature import check_request
 from demo import models as demo
 from schemas import headers as h
 from schemas.codec import InferenceRequest, Limits, decode_request, decode_response, encode_request
-from schemas.errors import InferenceError, ModelNotFoundError, ValidationError
+from schemas.errors import InferenceError, InferenceTimeout, ModelNotFoundError, ValidationError
 from tests.factories import make_record
 from worker import pipeline
 from worker.deferred import DeferredTensor
@@ -198,6 +199,24 @@ def test_one_failing_record_dead_letters_alone(store: ModelStore) -> None:
     assert ("failing", "1", model.sha256) == bad.model
     good = [decode_response(o.value) for o in outcomes if isinstance(o, Result)]
     assert [[[1.0]], [[2.0]], [[3.0]], [[9.0]]] == [r.output("y").data.tolist() for r in good]
+
+
+def test_a_record_slower_than_the_inference_timeout_is_dead_lettered_alone(tmp_path: Path) -> None:
+    """In a batch of five, one record makes the model run for seconds: the run is stopped at the timeout,
+    the records are scored one at a time, the slow one is dead-lettered (InferenceTimeout, stage infer)
+    and the other four are scored; the whole takes about two timeouts, not one per halving."""
+    model = load_model(demo.make_slow_model(tmp_path / "slow.onnx"), "slow", "1")
+    model.timeout_s = 0.3
+    values = [1.0, 2.0, 1_000_000.0, 3.0, 4.0]
+    items = [_item(model, {"x": np.array([[v]], dtype=np.float32)}, offset=i) for i, v in enumerate(values)]
+
+    started = time.monotonic()
+    outcomes = score_batch(items, CORRELATION)
+
+    assert [Result, Result, DeadLetter, Result, Result] == [type(o) for o in outcomes]
+    assert isinstance(outcomes[2], DeadLetter) and isinstance(outcomes[2].error, InferenceTimeout)
+    assert "infer" == outcomes[2].error.stage
+    assert time.monotonic() - started < 3 * model.timeout_s + 0.5
 
 
 def test_fixed_batch_model_scores_a_batch_one_record_at_a_time(store: ModelStore) -> None:

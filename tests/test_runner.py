@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -246,3 +247,25 @@ async def test_a_promotion_switches_versions_between_batches(model_root: Path, c
 
     versions = {r.id: r.model_version for r in (decode_response(x.value) for x in cluster.records(OUT))}  # type: ignore[arg-type]
     assert {i: "1" for i in before} | {i: "2" for i in after} == versions
+
+
+async def test_a_paused_worker_still_polls_now_and_then(model_root: Path, cluster: FakeCluster) -> None:
+    """Paused with acknowledgements held, the worker keeps calling its consumer about once a second
+    (so that the group does not take it for dead after max.poll.interval.ms), and takes nothing."""
+    send_requests(cluster, 30)
+    clients = FakeClients(cluster)
+    clients.hold_acks = True
+    skew = [0.0]
+    worker = Worker(
+        settings_for(model_root, max_in_flight=8), clients=clients, clock=lambda: time.monotonic() + skew[0]
+    )
+    async with running(worker, clients):
+        await until(lambda: worker.flow.paused)
+        consumer = clients.made_consumer
+        assert consumer is not None
+        before = consumer.fetches
+        await asyncio.sleep(0.3)
+        assert before == consumer.fetches  # within the second: no poll
+        skew[0] += 2.0
+        await until(lambda: consumer.fetches > before)
+        assert 8 == worker.in_flight

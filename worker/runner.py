@@ -45,6 +45,7 @@ FETCH_TIMEOUT_MS = 100
 BURST_UNASSIGNED_EXIT_S = 10.0
 PROGRESS_INTERVAL_S = 10.0
 WAIT_POLL_S = 0.01
+POLL_WHILE_PAUSED_S = 1.0
 
 
 class Worker:
@@ -77,6 +78,7 @@ class Worker:
         self.committer: Committer | None = None
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._polled_at = clock()
 
     @property
     def in_flight(self) -> int:
@@ -168,6 +170,7 @@ class Worker:
             last_progress = self._progress(last_progress)
             if self._apply_backpressure():
                 await self.flow.wait_for_room()
+                await self._keep_polling()
                 continue
             fetched = await self._fetch()
             if self._consumer.assignment():
@@ -218,9 +221,17 @@ class Worker:
         assert self.consumer is not None, "the consumer starts in startup()"
         return self.consumer
 
-    async def _fetch(self) -> bool:
+    async def _keep_polling(self) -> None:
+        """While paused, poll now and then all the same: a consumer that does not poll for
+        max.poll.interval.ms leaves its group. Paused partitions return nothing; a partition a
+        rebalance just added may, and what it returns is taken like any fetch."""
+        if self.clock() - self._polled_at >= POLL_WHILE_PAUSED_S:
+            await self._fetch(timeout_ms=0)
+
+    async def _fetch(self, timeout_ms: int = FETCH_TIMEOUT_MS) -> bool:
         """Fetch what there is room for and admit it; whether anything came."""
-        fetched = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=self.flow.fetch_size())
+        self._polled_at = self.clock()
+        fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
         for records in fetched.values():
             for record in records:
                 await self.take(record)

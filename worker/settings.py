@@ -43,6 +43,8 @@ DEFAULT_REQUEST_TIMEOUT_MS = 30_000
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_RETRY_ATTEMPTS = 5
 DEFAULT_RETRY_MAX_S = 30.0
+DEFAULT_INFERENCE_TIMEOUT_S = 60.0
+GUARANTEES = ("at-least-once", "exactly-once")
 DEFAULT_COMPRESSION = "zstd"  # chosen by `python -m bench.compression`: smallest, no slower (bench/README.md)
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
@@ -65,6 +67,7 @@ class Settings(Connection):
     model_name: str = ""  # the default model; empty: the only model under model_root
     model_version: str = ""  # pin a version of the default model; empty: the highest
     intra_op_threads: int = 1
+    inference_timeout_s: float = DEFAULT_INFERENCE_TIMEOUT_S  # one model run; a record over it is dead-lettered
     # Batching and flow control
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     max_batch_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS
@@ -78,6 +81,8 @@ class Settings(Connection):
     correlation_headers: tuple[str, ...] = DEFAULT_CORRELATION_HEADERS
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS  # one Kafka request, metadata included
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS  # a silent worker leaves the group after this
+    guarantee: str = "at-least-once"  # or exactly-once: results, dead letters and offsets in one transaction
+    transactional_id_prefix: str = ""  # exactly-once: <prefix>-<topic>-<partition>; empty: the group id
     compression: str = DEFAULT_COMPRESSION  # of results and dead letters: none, gzip, snappy, lz4, zstd
     # Connecting at start (a broker that fails later is waited for, never given up on)
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
@@ -105,6 +110,12 @@ class Settings(Connection):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{setting_name(name)} must be at least 1, got {getattr(self, name)}")
+        if self.guarantee not in GUARANTEES:
+            raise ConfigError(
+                f"{setting_name('guarantee')} must be at-least-once or exactly-once, not {self.guarantee!r}"
+            )
+        if self.inference_timeout_s < 0:
+            raise ConfigError(f"{setting_name('inference_timeout_s')} must be 0 (none) or more seconds")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"{setting_name('compression')} must be one of {', '.join(COMPRESSIONS)}")
         if self.log_format not in ("auto", "json", "console"):
@@ -119,6 +130,21 @@ class Settings(Connection):
     def shadow_topic_name(self) -> str:
         """Where shadow versions' results go: the setting, or `<results_topic>.shadow`."""
         return self.shadow_topic or shadow_topic_of(self.results_topic)
+
+    @property
+    def exactly_once(self) -> bool:
+        """Whether results, dead letters and input offsets go out in transactions."""
+        return self.guarantee == "exactly-once"
+
+    def transactional_id(self, topic: str, partition: int) -> str:
+        """The transactional id of the producer of one input partition (the same on every worker)."""
+        return f"{self.transactional_id_prefix or self.group_id}-{topic}-{partition}"
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        """Below the session timeout: the broker aborts a stalled worker's transaction before its
+        partitions can move to another one."""
+        return max(1000, self.session_timeout_ms - 1000)
 
     @property
     def status_topic_name(self) -> str:

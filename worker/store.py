@@ -32,12 +32,19 @@ class ModelStore:
     """The models under a root directory, loaded on first use and kept while they serve."""
 
     def __init__(
-        self, root: Path, *, default_name: str = "", pinned_version: str = "", intra_op_threads: int = 1
+        self,
+        root: Path,
+        *,
+        default_name: str = "",
+        pinned_version: str = "",
+        intra_op_threads: int = 1,
+        timeout_s: float = 0.0,
     ) -> None:
         self.root = root
         self.registry = Registry.at(root)
         self.pinned_version = pinned_version
         self.intra_op_threads = intra_op_threads
+        self.timeout_s = timeout_s  # of each model run (0: none)
         self.default_name = default_name or self._only_model()
         self._loaded: dict[Key, LoadedModel] = {}
         self._refused: dict[Key, str] = {}  # versions refused at load, and why
@@ -50,6 +57,7 @@ class ModelStore:
             default_name=settings.model_name,
             pinned_version=settings.model_version,
             intra_op_threads=settings.intra_op_threads,
+            timeout_s=settings.inference_timeout_s,
         )
 
     def _only_model(self) -> str:
@@ -133,6 +141,7 @@ class ModelStore:
             refusal = refusal_of(name, version, error)
             self._refused[(name, version)] = str(refusal)
             raise refusal from error
+        model.timeout_s = self.timeout_s
         self._loaded[(name, version)] = model
         return model
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced
 
 from schemas.records import InputRecord
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
-from transport.seams import Headers, OnRevoked
+from transport.seams import Headers, Rebalance
 from worker.settings import Settings
 
 IDLE_FETCH_S = 0.002  # an empty fetch waits this long, not its whole timeout: tests stay fast
@@ -37,6 +37,8 @@ class FakeCluster:
     committed: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
     max_message_bytes: dict[str, int] = field(default_factory=dict)  # a topic's limit (default: Kafka's)
+    epochs: dict[str, int] = field(default_factory=dict)  # transactional id -> its current producer epoch
+    aborted: list[InputRecord] = field(default_factory=list)  # records of aborted transactions (never visible)
 
     def limit(self, topic: str) -> int:
         """The largest record `topic` takes."""
@@ -165,6 +167,64 @@ class FakeProducer:
         future.set_result(record)
 
 
+class FakeTransactionalProducer(FakeProducer):
+    """A transactional producer: what it sends in a transaction is written when the transaction commits
+    (with the consumer offsets sent to it), dropped when it aborts. Starting it bumps its id's epoch,
+    which fences any older producer with the same id (its commit raises ProducerFenced)."""
+
+    def __init__(self, cluster: FakeCluster, transactional_id: str, max_request_size: int) -> None:
+        super().__init__(cluster, max_request_size)
+        self.transactional_id = transactional_id
+        self.epoch = -1
+        self.in_transaction = False
+        self.commits = 0
+        self._pending: list[tuple[str, bytes | None, bytes | None, int | None, Headers | None]] = []
+        self._offsets: dict[tuple[str, TopicPartition], int] = {}
+
+    async def start(self) -> None:
+        await super().start()
+        self.epoch = self.cluster.epochs[self.transactional_id] = self.cluster.epochs.get(self.transactional_id, -1) + 1
+
+    async def begin_transaction(self) -> None:
+        assert not self.in_transaction, "a transaction is already open"
+        self.in_transaction = True
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
+        assert self.in_transaction, "not in a transaction"
+        self._offsets.update({(group_id, tp): offset for tp, offset in offsets.items()})
+
+    async def commit_transaction(self) -> None:
+        assert self.in_transaction, "not in a transaction"
+        if self.cluster.epochs.get(self.transactional_id) != self.epoch:
+            raise ProducerFenced()
+        for topic, value, key, partition, headers in self._pending:
+            self.cluster.append(topic, value, key=key, headers=headers or (), partition=partition)
+        self.cluster.committed.update(self._offsets)
+        self._close_transaction()
+        self.commits += 1
+
+    async def abort_transaction(self) -> None:
+        assert self.in_transaction, "not in a transaction"
+        self.cluster.aborted += [InputRecord(t, p or 0, -1, v, k, tuple(h or ())) for t, v, k, p, h in self._pending]
+        self._close_transaction()
+
+    def _close_transaction(self) -> None:
+        self._pending, self._offsets, self.in_transaction = [], {}, False
+
+    def _write(
+        self,
+        future: asyncio.Future[Any],
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: Headers | None,
+    ) -> None:
+        assert self.in_transaction, "a transactional send outside a transaction"
+        self._pending.append((topic, value, key, partition, headers))
+        future.set_result(None)
+
+
 class _Fetching:
     """Positions and fetching over assigned partitions (shared by the consumer and the reader)."""
 
@@ -208,14 +268,15 @@ class _Fetching:
 class FakeConsumer(_Fetching):
     """The only member of its group: it owns every partition of the topic until `rebalance`."""
 
-    def __init__(self, cluster: FakeCluster, topic: str, group: str, on_revoked: OnRevoked) -> None:
+    def __init__(self, cluster: FakeCluster, topic: str, group: str, listener: Rebalance) -> None:
         super().__init__(cluster)
-        self.topic, self.group, self.on_revoked = topic, group, on_revoked
+        self.topic, self.group, self.listener = topic, group, listener
         self.pauses = 0
 
     async def start(self) -> None:
         """Join: take every partition, from the group's committed offsets."""
         self._assign(set(range(len(self.cluster.topics.get(self.topic, [])))))
+        await self.listener.on_assigned(set(self.positions))
 
     def _assign(self, partitions: set[int]) -> None:
         self.positions = {}
@@ -228,8 +289,9 @@ class FakeConsumer(_Fetching):
         """An eager rebalance, as aiokafka's: every partition is revoked (the listener runs first),
         then the partitions in `keep` are assigned again from the group's committed offsets."""
         revoked = set(self.positions)
-        await self.on_revoked(set(revoked))
+        await self.listener.on_revoked(set(revoked))
         self._assign(keep)
+        await self.listener.on_assigned(set(self.positions))
         return revoked
 
     def assignment(self) -> set[TopicPartition]:
@@ -250,6 +312,10 @@ class FakeConsumer(_Fetching):
         for tp, offset in offsets.items():
             self.cluster.committed[(self.group, tp)] = offset
         self.cluster.commits.append(dict(offsets))
+
+    async def seek_to_committed(self, *partitions: TopicPartition) -> None:
+        for tp in partitions:
+            self.positions[tp] = self.cluster.committed.get((self.group, tp), 0)
 
 
 class FakeReader(_Fetching):
@@ -274,6 +340,7 @@ class FakeClients:
         self.made_producer: FakeProducer | None = None
         self.made_consumer: FakeConsumer | None = None
         self.made_reader: FakeReader | None = None
+        self.transactional: dict[str, FakeTransactionalProducer] = {}  # the last producer made for each id
         self.producer_script: list[tuple[str, BaseException, int, bool]] = []  # fail(...) on the producer made
         self.exit_code: int | None = None  # for a test to keep the worker's exit code beside its clients
         self.hold_acks = False  # the producer made holds acknowledgements from the start
@@ -289,8 +356,19 @@ class FakeClients:
             self.made_producer.hold()
         return self.made_producer
 
-    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> FakeConsumer:
-        self.made_consumer = FakeConsumer(self.cluster, settings.input_topic, settings.group_id, on_revoked)
+    def transactional_producer(
+        self, settings: Settings, limits: Mapping[str, int], transactional_id: str
+    ) -> FakeTransactionalProducer:
+        size = max(limits.values(), default=DEFAULT_MAX_MESSAGE_BYTES)
+        producer = self.transactional[transactional_id] = FakeTransactionalProducer(
+            self.cluster, transactional_id, size
+        )
+        for topic, error, times, at_send in self.producer_script:
+            producer.fail(topic, error, times, at_send=at_send)
+        return producer
+
+    def consumer(self, settings: Settings, listener: Rebalance) -> FakeConsumer:
+        self.made_consumer = FakeConsumer(self.cluster, settings.input_topic, settings.group_id, listener)
         return self.made_consumer
 
     def reader(self, settings: Settings) -> FakeReader:

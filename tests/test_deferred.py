@@ -230,10 +230,11 @@ def _expect_alone(value: bytes, item: Item, outcome: Outcome, model: LoadedModel
     """The outcome of `item` in a batch is what strict decoding and scoring it alone give."""
     try:
         strict = decode_request(value, check_finite=False)
-    except ValidationError as error:  # the dead letter decoding gave: the record's id, no model
+    except ValidationError as error:  # the dead letter decoding gives: the record's id, and the model it was for
         assert isinstance(outcome, DeadLetter)
         assert (type(error), str(error)) == (type(outcome.error), str(outcome.error))
-        assert (fallback_id(item.record), None, item.shadow) == (outcome.request_id, outcome.model, outcome.shadow)
+        info = (model.name, model.version, model.sha256)
+        assert (fallback_id(item.record), info, item.shadow) == (outcome.request_id, outcome.model, outcome.shadow)
         return
     (tensor,) = strict.inputs
     if not np.isfinite(tensor.data).all():  # out of FP32's range: refused by the batch's finiteness check

@@ -71,7 +71,10 @@ async def run_burst(settings: Settings) -> None:
     assert 0 == await asyncio.wait_for(Worker(settings.replace(burst=True)).run(), 120)
 
 
-async def test_promote_mid_stream_switches_each_worker_once(env: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+async def test_promote_mid_stream_switches_each_worker_once(
+    env: dict[str, Any], tmp_path: Path, guarantee: str
+) -> None:
     """Scenario:
     1. Version 1 is promoted; two worker processes score a stream of 6 000 requests.
     2. Mid-stream, version 2 is promoted.
@@ -96,6 +99,7 @@ async def test_promote_mid_stream_switches_each_worker_once(env: dict[str, Any],
             "processes": 2,
             "log_format": "json",
             "max_in_flight": 200,
+            "guarantee": guarantee,
         },
         logs,
     )

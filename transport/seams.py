@@ -20,6 +20,13 @@ Fetched = Mapping[TopicPartition, Sequence[Record]]
 OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
+class Rebalance(Protocol):
+    """What a group member does when its partitions change: first the revoked, then the assigned."""
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None: ...
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None: ...
+
+
 class Client(Protocol):
     """Anything with a lifecycle: connect, then disconnect."""
 
@@ -41,6 +48,15 @@ class Producer(Client, Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
+class TransactionalProducer(Producer, Protocol):
+    """A producer with a transactional id: sends, and the consumer's offsets, committed together or not at all."""
+
+    async def begin_transaction(self) -> None: ...
+    async def commit_transaction(self) -> None: ...
+    async def abort_transaction(self) -> None: ...
+    async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None: ...
+
+
 class Fetcher(Client, Protocol):
     """What every consumer does: fetch, and say where it stands."""
 
@@ -60,6 +76,7 @@ class GroupConsumer(Fetcher, Protocol):
     def resume(self, *partitions: TopicPartition) -> None: ...
     def paused(self) -> set[TopicPartition]: ...
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    async def seek_to_committed(self, *partitions: TopicPartition) -> Any: ...
 
 
 class Reader(Fetcher, Protocol):

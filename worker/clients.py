@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from schemas.errors import BrokerUnavailableError
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
 from transport.reading import TopicReader
-from transport.seams import GroupConsumer, OnRevoked, Producer, Reader
+from transport.seams import GroupConsumer, Producer, Reader, Rebalance, TransactionalProducer
 from worker.retry import retrying
 from worker.settings import Settings
 
@@ -32,7 +32,10 @@ class Clients(Protocol):
 
     async def limits(self, settings: Settings, topics: Sequence[str]) -> dict[str, int]: ...
     def producer(self, settings: Settings, limits: Mapping[str, int]) -> Producer: ...
-    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> GroupConsumer: ...
+    def transactional_producer(
+        self, settings: Settings, limits: Mapping[str, int], transactional_id: str
+    ) -> TransactionalProducer: ...
+    def consumer(self, settings: Settings, rebalance: Rebalance) -> GroupConsumer: ...
     def reader(self, settings: Settings) -> Reader: ...
 
 
@@ -44,28 +47,23 @@ class KafkaClients:
         return await topic_limits(settings.connection, topics)
 
     def producer(self, settings: Settings, limits: Mapping[str, int]) -> Producer:
-        """The idempotent producer (acks from all in-sync replicas), sized to the topics it writes.
+        """The idempotent producer (acks from all in-sync replicas), sized to the topics it writes."""
+        producer: Producer = AIOKafkaProducer(**_producer_options(settings, limits))
+        return producer
 
-        A record may be as large as the largest topic takes (each topic's own limit is the
-        broker's to enforce, and the dead letters are fitted to theirs); a batch never larger
-        than the smallest takes, so that one large topic setting never gets a batch refused.
-        """
-        sizes = list(limits.values()) or [DEFAULT_MAX_MESSAGE_BYTES]
-        producer: Producer = AIOKafkaProducer(
-            **settings.kafka_options(),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=PRODUCER_LINGER_MS,
-            max_batch_size=min(PRODUCER_MAX_BATCH_BYTES, *sizes),
-            max_request_size=max(sizes),
-            compression_type=None if settings.compression == "none" else settings.compression,
-            request_timeout_ms=settings.request_timeout_ms,
-            client_id=f"streamscore-{settings.worker_name}",
+    def transactional_producer(
+        self, settings: Settings, limits: Mapping[str, int], transactional_id: str
+    ) -> TransactionalProducer:
+        """The producer of one input partition in exactly-once mode (its id fences the partition's last owner)."""
+        producer: TransactionalProducer = AIOKafkaProducer(
+            **_producer_options(settings, limits),
+            transactional_id=transactional_id,
+            transaction_timeout_ms=settings.transaction_timeout_ms,
         )
         return producer
 
-    def consumer(self, settings: Settings, on_revoked: OnRevoked) -> GroupConsumer:
-        """The group consumer of the input topic (commits by hand); `on_revoked` runs before partitions go."""
+    def consumer(self, settings: Settings, rebalance: Rebalance) -> GroupConsumer:
+        """The group consumer of the input topic (commits by hand); `rebalance` hears of partitions that go and come."""
         s = settings
         consumer = AIOKafkaConsumer(
             **s.kafka_options(),
@@ -81,7 +79,7 @@ class KafkaClients:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
         )
-        consumer.subscribe([s.input_topic], listener=_Rebalance(on_revoked))
+        consumer.subscribe([s.input_topic], listener=_Rebalance(rebalance))
         group_consumer: GroupConsumer = consumer
         return group_consumer
 
@@ -116,14 +114,32 @@ async def connect(start: Callable[[], Any], what: str, settings: Settings) -> No
         raise
 
 
+def _producer_options(settings: Settings, limits: Mapping[str, int]) -> dict[str, Any]:
+    """A record may be as large as the largest topic takes (each topic's own limit is the broker's to
+    enforce, and dead letters are fitted to theirs); a batch never larger than the smallest takes, so
+    that one large topic setting never gets a batch refused."""
+    sizes = list(limits.values()) or [DEFAULT_MAX_MESSAGE_BYTES]
+    return {
+        **settings.kafka_options(),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": PRODUCER_LINGER_MS,
+        "max_batch_size": min(PRODUCER_MAX_BATCH_BYTES, *sizes),
+        "max_request_size": max(sizes),
+        "compression_type": None if settings.compression == "none" else settings.compression,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "client_id": f"streamscore-{settings.worker_name}",
+    }
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_revoked: OnRevoked) -> None:
-        self.on_revoked = on_revoked
+    def __init__(self, rebalance: Rebalance) -> None:
+        self.rebalance = rebalance
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.on_revoked(set(revoked))
+        await self.rebalance.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if not assigned:
-            return
-        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        if assigned:
+            log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        await self.rebalance.on_assigned(set(assigned))

@@ -10,13 +10,14 @@ P = TypeVar("P", bound=Hashable)
 
 
 class _Partition:
-    __slots__ = ("committed", "done", "next", "pending")
+    __slots__ = ("committed", "done", "failed", "next", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()  # offsets taken, in the order fetched (ascending)
         self.done: set[int] = set()  # finished offsets still behind an unfinished one
         self.next: int | None = None  # one past the last offset of the finished run
         self.committed: int | None = None  # the offset last handed out by `committable`
+        self.failed: int | None = None  # the lowest offset whose outcome was lost (exactly-once)
 
 
 class OffsetTracker(Generic[P]):
@@ -49,12 +50,33 @@ class OffsetTracker(Generic[P]):
             state.done.discard(finished)
             state.next = finished + 1
 
+    def fail(self, partition: P, offset: int) -> None:
+        """The outcome of this offset was lost (its transaction cannot commit): no longer in flight,
+        and nothing at or after it may be committed until the partition is read again from its
+        committed offset (`forget`)."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return
+        state.failed = offset if state.failed is None else min(state.failed, offset)
+        self.finish(partition, offset)
+
+    def failed(self, partition: P) -> bool:
+        """Whether some outcome of `partition` was lost since it was last read from its committed offset."""
+        state = self._partitions.get(partition)
+        return state is not None and state.failed is not None
+
+    def any_failed(self) -> bool:
+        """Whether some partition lost an outcome and waits to be read again."""
+        return any(state.failed is not None for state in self._partitions.values())
+
     def committable(self) -> dict[P, int]:
-        """Offsets to commit now: for each partition whose finished run grew since last asked."""
+        """Offsets to commit now: for each partition whose finished run grew since last asked
+        (never past an offset whose outcome was lost)."""
         ready: dict[P, int] = {}
         for partition, state in self._partitions.items():
-            if state.next is not None and state.next != state.committed:
-                ready[partition] = state.next
+            upto = state.next if state.failed is None or state.next is None else min(state.next, state.failed)
+            if upto is not None and upto != state.committed:
+                ready[partition] = upto
         return ready
 
     def mark_committed(self, offsets: dict[P, int]) -> None:
@@ -75,6 +97,14 @@ class OffsetTracker(Generic[P]):
         """Drop partitions that are no longer ours (after a rebalance)."""
         for partition in partitions:
             self._partitions.pop(partition, None)
+
+    def partitions_with_work(self) -> set[P]:
+        """The partitions with records taken since their last commit."""
+        return {
+            partition
+            for partition, state in self._partitions.items()
+            if state.pending or state.failed is not None or (state.next is not None and state.next != state.committed)
+        }
 
     def partitions(self) -> list[P]:
         return list(self._partitions)

@@ -9,6 +9,9 @@
         -> Stop       an ACL is missing (NotAuthorizedError, exit 2), or a dead letter is refused
                       for good (FatalError, exit 1): the worker stops, the offset uncommitted
         -> Drop       a shadow result: best effort, nothing waits for it
+        -> Abandon    exactly once: a send inside a transaction failed, so the transaction cannot
+                      commit; the outcome is lost, the partition's transaction is aborted and its
+                      records read again (worker/committer.py)
 
 A record is never dead-lettered for the broker's failure, only for its own. The sender
 (worker/sender.py) carries the decision out.
@@ -94,15 +97,36 @@ class Drop:
     reason: str
 
 
-SendFate = Retry | Reroute | Stop | Drop
+@dataclass(frozen=True)
+class Abandon:
+    """Exactly once: the outcome is lost with its transaction; the partition is read again."""
+
+    reason: str
 
 
-def after_send_failure(outcome: Outcome, error: BaseException, resends: int, topic: str) -> SendFate:
-    """The fate of `outcome`, whose send to `topic` failed with `error` after `resends` resends."""
+SendFate = Retry | Reroute | Stop | Drop | Abandon
+
+
+def after_send_failure(
+    outcome: Outcome,
+    error: BaseException,
+    resends: int,
+    topic: str,
+    *,
+    transaction: bool = False,
+    at_send: bool = False,
+) -> SendFate:
+    """The fate of `outcome`, whose send to `topic` failed with `error` after `resends` resends.
+
+    `transaction`: the send was part of a transaction; `at_send`: the producer refused it before
+    sending (a refusal that leaves the transaction usable).
+    """
     if outcome.shadow:
         return Drop(f"shadow result lost: {error!r}")
     if isinstance(error, NOT_AUTHORIZED):
         return Stop(not_authorized(error, topic))
+    if transaction and not (at_send and isinstance(error, REFUSED_FOR_GOOD)):
+        return Abandon(f"the send to {topic} failed inside the transaction: {error!r}")
     if not isinstance(error, REFUSED_FOR_GOOD):
         return Retry(resends + 1)
     record = outcome.record

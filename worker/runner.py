@@ -27,7 +27,7 @@ from schemas.records import Record
 from transport.seams import GroupConsumer, Producer
 from worker.admit import Admitted, Load, admit, admit_loaded
 from worker.clients import Clients, KafkaClients, connect
-from worker.committer import Committer
+from worker.committer import Committer, TransactionalCommitter
 from worker.control import ControlFollower
 from worker.flow import Flow, size_of
 from worker.observe import Observer
@@ -38,6 +38,7 @@ from worker.sender import Sender, log_dead_letter
 from worker.serving import Serving
 from worker.settings import Settings
 from worker.store import ModelStore
+from worker.transactions import PartitionTransactions
 
 log = structlog.get_logger("streamscore.worker")
 
@@ -75,7 +76,9 @@ class Worker:
         self.consumer: GroupConsumer | None = None
         self.producer: Producer | None = None
         self.sender: Sender | None = None
-        self.committer: Committer | None = None
+        self.committer: Committer | TransactionalCommitter | None = None
+        self.transactions: PartitionTransactions | None = None  # exactly once
+        self._held: set[int] = set()  # partitions a transactional commit holds
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
@@ -112,7 +115,17 @@ class Worker:
         s = self.settings
         limits = await self.clients.limits(s, [s.results_topic, s.dead_letter_topic_name, s.shadow_topic_name])
         self.producer = self.clients.producer(s, limits)
-        self.sender = Sender(self.producer, s, self._finish, self._fail, limits=limits)
+        if s.exactly_once:
+            self.transactions = PartitionTransactions(self.clients, s, limits)
+        self.sender = Sender(
+            self.producer,
+            s,
+            self._finish,
+            self._fail,
+            limits=limits,
+            transactions=self.transactions,
+            on_lost=self._lose,
+        )
         await connect(self.producer.start, "producer", s)
         if s.control_topic:
             self.control = ControlFollower(self.clients.reader(s), s.control_topic, self.serving.apply)
@@ -126,9 +139,13 @@ class Worker:
             sha256=model.sha256,
             inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
         )
-        self.consumer = self.clients.consumer(s, self.on_revoked)
+        self.consumer = self.clients.consumer(s, self)
         await connect(self.consumer.start, "consumer", s)
-        self.committer = Committer(self.consumer, s.input_topic, self.tracker)
+        self.committer = (
+            Committer(self.consumer, s.input_topic, self.tracker)
+            if self.transactions is None
+            else TransactionalCommitter(self.consumer, s.input_topic, self.tracker, self.transactions, self)
+        )
         self._start_tasks()
         log.info(
             "worker_started",
@@ -137,6 +154,7 @@ class Worker:
             results=s.results_topic,
             dead_letters=s.dead_letter_topic_name,
             bootstrap=s.bootstrap_servers,
+            guarantee=s.guarantee,
         )
 
     def _start_tasks(self) -> None:
@@ -203,6 +221,8 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.committer is not None:  # after a fatal error too: what was acknowledged is not done again
             await self.committer.commit()
+        if self.transactions is not None:
+            await self.transactions.close()
         if not drained:
             log.warning(
                 "shutdown_grace_expired", cancelled_in_flight=self.in_flight, grace_s=self.settings.shutdown_grace_s
@@ -258,16 +278,23 @@ class Worker:
     def _apply_backpressure(self) -> bool:
         """Carry out the flow's decision on the assigned partitions; True while paused."""
         step = self.flow.decide(blocked=self.sender is not None and self.sender.troubled > 0)
-        if step in ("pause", "hold"):
-            self._consumer.pause(*self._consumer.assignment())
-            self.flow.paused = True
-        elif step == "resume":
-            self._consumer.resume(*self._consumer.paused())
-            self.flow.paused = False
+        if step in ("pause", "hold", "resume"):
+            self.flow.paused = step != "resume"
+        self._apply_pauses()
         return self.flow.paused
 
+    def _apply_pauses(self) -> None:
+        """Pause every assigned partition under backpressure, else those a commit holds; resume the rest."""
+        assigned = self._consumer.assignment()
+        wanted = set(assigned) if self.flow.paused else {tp for tp in assigned if tp.partition in self._held}
+        paused = self._consumer.paused()
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
+
     async def _drained(self, unassigned_since: float) -> bool:
-        if self.in_flight or not self.scoring.idle:
+        if self.in_flight or not self.scoring.idle or self._held or self.tracker.any_failed():
             return False
         assignment = list(self._consumer.assignment())
         if not assignment:
@@ -296,6 +323,13 @@ class Worker:
         if self.in_flight == 0:
             self.scoring.wake.set()
 
+    def _lose(self, outcome: Outcome) -> None:
+        """Exactly once: an outcome was lost with its transaction; its partition will be read again."""
+        self.tracker.fail(outcome.record.partition, outcome.record.offset)
+        self.flow.finished(size_of(outcome.record))
+        if self.in_flight == 0:
+            self.scoring.wake.set()
+
     def _fail(self, error: FatalError) -> None:
         """Something must not go on (a dead letter refused, an ACL missing): stop. The offsets of what
         was acknowledged are committed; from the record that failed on, nothing is."""
@@ -319,9 +353,39 @@ class Worker:
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
         if self.committer is not None:
             await self.committer.commit(partitions)
+        if self.transactions is not None:
+            await self.transactions.release(partitions)
         self.tracker.forget(partitions)
+        self._held -= partitions
         if revoked:
             log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Exactly once: start the producers of the partitions newly assigned, fencing their last owners."""
+        if self.transactions is not None:
+            await self.transactions.assign(tp.partition for tp in assigned if tp.topic == self.settings.input_topic)
+
+    def hold(self, partitions: set[int]) -> None:
+        """A transactional commit: stop taking these partitions' records (worker/committer.py)."""
+        self._held |= partitions
+        self._apply_pauses()
+
+    def release(self, partitions: set[int]) -> None:
+        """Take these partitions' records again."""
+        self._held -= partitions
+        if self.consumer is not None:
+            self._apply_pauses()
+
+    async def idle(self, partitions: set[int]) -> bool:
+        """Wait until none of these partitions' records is in flight; False if the worker stops first
+        and its grace period passes."""
+        started, grace = self.clock(), self.settings.shutdown_grace_s
+
+        def done() -> bool:
+            return self.tracker.in_flight(partitions) == 0 or (self.stopping and self.clock() - started > grace)
+
+        await self._wait_until(done, float("inf"))
+        return self.tracker.in_flight(partitions) == 0
 
     async def _wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
         while not condition():

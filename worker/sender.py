@@ -5,7 +5,10 @@ dead-letter topic, made to fit it (`worker.deadletter.fit`); `on_finished` is ca
 broker acknowledges it (then its input offset may be committed). When a send fails,
 `worker.policy.after_send_failure` decides: resend (the broker's trouble: for as long as it
 takes, while `troubled` tells the worker to stop fetching), dead-letter a refused result instead,
-stop the worker (`on_fatal`), or drop a best-effort shadow result.
+stop the worker (`on_fatal`), or drop a best-effort shadow result. Exactly once (`transactions`
+given), a partition's outcomes go out through its transactional producer, and a send that fails
+inside a transaction loses its outcome (`on_lost`): the partition's transaction is aborted and its
+records read again.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from typing import Any
 
 import structlog
 
-from schemas.errors import FatalError, RecordError
+from schemas.errors import FatalError, RecordError, ResultRejectedError
 from schemas.records import Record
-from transport.limits import DEFAULT_MAX_MESSAGE_BYTES
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from transport.seams import Producer
 from worker.deadletter import dead_letter_headers, fit
 from worker.outcomes import DeadLetter, Outcome, Result
-from worker.policy import Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure
+from worker.policy import Abandon, Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure, model_of
 from worker.settings import Settings
+from worker.transactions import PartitionTransactions
 
 log = structlog.get_logger("streamscore.worker")
 
@@ -48,6 +52,8 @@ class Sender:
         on_fatal: Callable[[FatalError], None],
         *,
         limits: Mapping[str, int] | None = None,
+        transactions: PartitionTransactions | None = None,
+        on_lost: Callable[[Outcome], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         unit: Callable[[], float] = random.random,
@@ -58,6 +64,8 @@ class Sender:
         self.policy = RetryPolicy()
         self.on_finished = on_finished
         self.on_fatal = on_fatal
+        self.transactions = transactions
+        self.on_lost = on_lost
         self._sleep, self._clock, self._unit = sleep, clock, unit
         self._background: set[asyncio.Task[None]] = set()
         self.troubled = 0  # outcomes being resent because the broker did not take them
@@ -70,12 +78,25 @@ class Sender:
             log.warning("shadow_failed", request_id=outcome.request_id, model=outcome.model, error=str(outcome.error))
             return
         topic, key, value, headers = self._destination(outcome)
+        if isinstance(outcome, Result) and not outcome.shadow and record_size(key, value, headers) > self._limit(topic):
+            await self.send(too_large(outcome, record_size(key, value, headers), topic, self._limit(topic)))
+            return
         try:
-            future = await self.producer.send(topic, value=value, key=key, headers=headers)
+            producer = await self._producer_for(outcome)
+            future = await producer.send(topic, value=value, key=key, headers=headers)
         except Exception as error:  # raised before sending: too large, no metadata, ...
-            self._spawn(self._recover(outcome, error))
+            self._spawn(self._recover(outcome, error, at_send=True))
             return
         future.add_done_callback(lambda f: self._acknowledged(outcome, f))
+
+    async def _producer_for(self, outcome: Outcome) -> Producer:
+        """The partition's transactional producer (exactly once, but for shadow results), else the producer."""
+        if self.transactions is None or outcome.shadow:
+            return self.producer
+        return await self.transactions.producer_for(outcome.record.partition)
+
+    def _limit(self, topic: str) -> int:
+        return self.limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
 
     async def publish_status(self, key: bytes, value: bytes) -> None:
         """Send a status record in the background (a missing status topic must not stall us)."""
@@ -103,7 +124,7 @@ class Sender:
             attempts=outcome.attempts,
             model=outcome.model,
         )
-        key, value, headers = fit(record, headers, self.limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES), topic)
+        key, value, headers = fit(record, headers, self._limit(topic), topic)
         return topic, key, value, headers
 
     def _acknowledged(self, outcome: Outcome, future: asyncio.Future[Any]) -> None:
@@ -113,7 +134,7 @@ class Sender:
             return
         self.on_finished(outcome)
 
-    async def _recover(self, outcome: Outcome, error: BaseException) -> None:
+    async def _recover(self, outcome: Outcome, error: BaseException, at_send: bool = False) -> None:
         """Carry out the fates `after_send_failure` decides until the outcome is sent or given up.
 
         While it is being resent, the outcome counts in `troubled` (the worker pauses fetching).
@@ -121,7 +142,8 @@ class Sender:
         resends, troubled = 0, False
         try:
             while True:
-                fate = after_send_failure(outcome, error, resends, self._destination(outcome)[0])
+                topic, transaction = self._destination(outcome)[0], self._in_transaction(outcome)
+                fate = after_send_failure(outcome, error, resends, topic, transaction=transaction, at_send=at_send)
                 if not isinstance(fate, Retry):
                     await self._give_up(outcome, fate)
                     return
@@ -136,6 +158,9 @@ class Sender:
         finally:
             if troubled:
                 self._trouble_ends()
+
+    def _in_transaction(self, outcome: Outcome) -> bool:
+        return self.transactions is not None and not outcome.shadow
 
     async def _send_and_wait(self, outcome: Outcome) -> BaseException | None:
         topic, key, value, headers = self._destination(outcome)
@@ -167,9 +192,14 @@ class Sender:
         if self.troubled == 0:
             log.info("send_recovered", after_s=round(self._clock() - (self._trouble_since or self._clock()), 1))
 
-    async def _give_up(self, outcome: Outcome, fate: Reroute | Stop | Drop) -> None:
+    async def _give_up(self, outcome: Outcome, fate: Reroute | Stop | Drop | Abandon) -> None:
         if isinstance(fate, Reroute):
             await self.send(fate.dead_letter)
+            return
+        if isinstance(fate, Abandon):
+            log.warning("outcome_lost_with_its_transaction", **position(outcome.record), reason=fate.reason)
+            if self.on_lost is not None:
+                self.on_lost(outcome)
             return
         if isinstance(fate, Drop):
             log.warning("shadow_result_lost", request_id=outcome.request_id, reason=fate.reason)
@@ -222,3 +252,12 @@ def stage_of(error: Exception) -> str:
 def position(record: Record) -> dict[str, Any]:
     """Where a record sits, as log keys."""
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def too_large(result: Result, size: int, topic: str, limit: int) -> DeadLetter:
+    """The dead letter of a request whose result is larger than the results topic takes (never sent)."""
+    error = ResultRejectedError(
+        f"the result of request {result.request_id!r} is {size} bytes, larger than {topic} takes "
+        f"(max.message.bytes {limit}, so Kafka would refuse it: MessageSizeTooLarge); ask for fewer rows or outputs"
+    )
+    return DeadLetter(result.record, error, result.request_id, model_of(result))

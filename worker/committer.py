@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from transport.seams import GroupConsumer
-from worker.offsets import OffsetTracker
+from worker.offsets import OffsetTracker, shown
 from worker.policy import RetryPolicy
 from worker.transactions import PartitionTransactions
 
@@ -24,14 +24,13 @@ log = structlog.get_logger("streamscore.worker")
 class Committer:
     """Commits the acknowledged prefix of every assigned partition of the input topic."""
 
-    def __init__(self, consumer: GroupConsumer, topic: str, tracker: OffsetTracker[int]) -> None:
+    def __init__(self, consumer: GroupConsumer, tracker: OffsetTracker[TopicPartition]) -> None:
         self.consumer = consumer
-        self.topic = topic
         self.tracker = tracker
 
-    async def commit(self, partitions: set[int] | None = None) -> None:
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit what may be committed (on `partitions`, or on every assigned one)."""
-        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        assigned = self.consumer.assignment()
         offsets = {
             partition: offset
             for partition, offset in self.tracker.committable().items()
@@ -40,7 +39,7 @@ class Committer:
         if not offsets:
             return
         try:
-            await self.consumer.commit({TopicPartition(self.topic, p): offset for p, offset in offsets.items()})
+            await self.consumer.commit(offsets)
         except KafkaError as error:
             log.warning(
                 "commit_failed",
@@ -56,9 +55,9 @@ class Barrier(Protocol):
     """What a transactional commit needs of the worker: stop taking a partition's records, wait until
     none of them is in flight (False: the worker is stopping and gave up waiting), take them again."""
 
-    def hold(self, partitions: set[int]) -> None: ...
-    def release(self, partitions: set[int]) -> None: ...
-    async def idle(self, partitions: set[int]) -> bool: ...
+    def hold(self, partitions: set[TopicPartition]) -> None: ...
+    def release(self, partitions: set[TopicPartition]) -> None: ...
+    async def idle(self, partitions: set[TopicPartition]) -> bool: ...
 
 
 class TransactionalCommitter:
@@ -77,35 +76,33 @@ class TransactionalCommitter:
     def __init__(
         self,
         consumer: GroupConsumer,
-        topic: str,
-        tracker: OffsetTracker[int],
+        tracker: OffsetTracker[TopicPartition],
         transactions: PartitionTransactions,
         barrier: Barrier,
     ) -> None:
         self.consumer = consumer
-        self.topic = topic
         self.tracker = tracker
         self.transactions = transactions
         self.barrier = barrier
         self.policy = RetryPolicy()
-        self._aborts: dict[int, int] = {}  # partition -> aborts in a row
+        self._aborts: dict[TopicPartition, int] = {}  # aborts in a row
 
-    async def commit(self, partitions: set[int] | None = None) -> None:
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit (or abort and rewind) the transactions of `partitions`, or of every assigned one."""
-        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        assigned = self.consumer.assignment()
         targets = {p for p in assigned if self.transactions.holds(p) and (partitions is None or p in partitions)}
         targets &= self.tracker.partitions_with_work()
         if not targets:
             return
         self.barrier.hold(targets)
-        kept: set[int] = set()
+        kept: set[TopicPartition] = set()
         try:
             idle = await self.barrier.idle(targets)
             kept = {p for p in sorted(targets) if not await self._settle(p, idle)}
         finally:
             self.barrier.release(targets - kept)
 
-    async def _settle(self, partition: int, idle: bool) -> bool:
+    async def _settle(self, partition: TopicPartition, idle: bool) -> bool:
         """Commit or abort one held partition; False when it stays held (an abort's backoff releases it)."""
         if not idle:  # stopping with records still in flight: nothing of the transaction becomes visible
             await self.transactions.abort(partition)
@@ -128,22 +125,28 @@ class TransactionalCommitter:
         self._aborts.pop(partition, None)
         return True
 
-    async def _give_up(self, partition: int) -> None:
+    async def _give_up(self, partition: TopicPartition) -> None:
         """Another worker holds the partition now (its producer fenced ours): let it go, held until revoked."""
         log.warning(
             "partition_fenced",
-            partition=partition,
+            partition=shown(partition),
             hint="another worker took this partition over (this one was too slow or cut off); its group revokes it",
         )
         await self.transactions.release([partition])
         self.tracker.forget([partition])
 
-    async def _abort(self, partition: int, why: str) -> None:
+    async def _abort(self, partition: TopicPartition, why: str) -> None:
         """Abort the partition's transaction, read it again from its committed offset, after a backoff."""
         await self.transactions.abort(partition)
         self.tracker.forget([partition])
-        await self.consumer.seek_to_committed(TopicPartition(self.topic, partition))
+        await self.consumer.seek_to_committed(partition)
         aborts = self._aborts[partition] = self._aborts.get(partition, 0) + 1
         delay = self.policy.delay(aborts, 0.5)
-        log.warning("transaction_aborted", partition=partition, reason=why, aborts_in_a_row=aborts, retry_in_s=delay)
+        log.warning(
+            "transaction_aborted",
+            partition=shown(partition),
+            reason=why,
+            aborts_in_a_row=aborts,
+            retry_in_s=delay,
+        )
         asyncio.get_running_loop().call_later(delay, self.barrier.release, {partition})

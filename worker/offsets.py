@@ -6,7 +6,21 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
+from aiokafka import TopicPartition
+
+from schemas.records import Record
+
 P = TypeVar("P", bound=Hashable)
+
+
+def partition_of(record: Record) -> TopicPartition:
+    """The topic and partition a record was read from (the tracker's key)."""
+    return TopicPartition(record.topic, record.partition)
+
+
+def shown(partition: TopicPartition) -> str:
+    """`topic[partition]`, as logs show it."""
+    return f"{partition.topic}[{partition.partition}]"
 
 
 class _Partition:

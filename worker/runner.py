@@ -31,7 +31,7 @@ from worker.committer import Committer, TransactionalCommitter
 from worker.control import ControlFollower
 from worker.flow import Flow, size_of
 from worker.observe import Observer
-from worker.offsets import OffsetTracker
+from worker.offsets import OffsetTracker, partition_of
 from worker.outcomes import DeadLetter, Outcome
 from worker.scoring import ScoreLoop
 from worker.sender import Sender, log_dead_letter
@@ -66,7 +66,7 @@ class Worker:
         self.clock = clock
         self.observer = observer or Observer()
         self.limits = Limits(settings.max_record_bytes, settings.max_request_rows, settings.allow_nonfinite)
-        self.tracker: OffsetTracker[int] = OffsetTracker()  # by partition of the input topic
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.flow = Flow(settings.max_in_flight, settings.max_in_flight_bytes)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.serving = Serving(store or ModelStore.from_settings(settings), self.executor, settings.worker_name)
@@ -78,7 +78,7 @@ class Worker:
         self.sender: Sender | None = None
         self.committer: Committer | TransactionalCommitter | None = None
         self.transactions: PartitionTransactions | None = None  # exactly once
-        self._held: set[int] = set()  # partitions a transactional commit holds
+        self._held: set[TopicPartition] = set()  # partitions a transactional commit holds
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
@@ -142,9 +142,9 @@ class Worker:
         self.consumer = self.clients.consumer(s, self)
         await connect(self.consumer.start, "consumer", s)
         self.committer = (
-            Committer(self.consumer, s.input_topic, self.tracker)
+            Committer(self.consumer, self.tracker)
             if self.transactions is None
-            else TransactionalCommitter(self.consumer, s.input_topic, self.tracker, self.transactions, self)
+            else TransactionalCommitter(self.consumer, self.tracker, self.transactions, self)
         )
         self._start_tasks()
         log.info(
@@ -262,7 +262,7 @@ class Worker:
     async def take(self, record: Record) -> None:
         """Track a fetched record and carry out its fate: batch it, dead-letter it, or load first."""
         self.observer.consumed(record)
-        self.tracker.take(record.partition, record.offset)
+        self.tracker.take(partition_of(record), record.offset)
         self.flow.taken(size_of(record))
         fate = admit(record, self.limits, self.serving.lineup)
         if isinstance(fate, Load):
@@ -286,7 +286,7 @@ class Worker:
     def _apply_pauses(self) -> None:
         """Pause every assigned partition under backpressure, else those a commit holds; resume the rest."""
         assigned = self._consumer.assignment()
-        wanted = set(assigned) if self.flow.paused else {tp for tp in assigned if tp.partition in self._held}
+        wanted = set(assigned) if self.flow.paused else assigned & self._held
         paused = self._consumer.paused()
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))
@@ -316,7 +316,7 @@ class Worker:
         self.observer.finished(outcome)
         if outcome.shadow:  # shadow results are best effort: no offset waits for them
             return
-        self.tracker.finish(outcome.record.partition, outcome.record.offset)
+        self.tracker.finish(partition_of(outcome.record), outcome.record.offset)
         self.flow.finished(size_of(outcome.record))
         if isinstance(outcome, DeadLetter):
             log_dead_letter(outcome)
@@ -325,7 +325,7 @@ class Worker:
 
     def _lose(self, outcome: Outcome) -> None:
         """Exactly once: an outcome was lost with its transaction; its partition will be read again."""
-        self.tracker.fail(outcome.record.partition, outcome.record.offset)
+        self.tracker.fail(partition_of(outcome.record), outcome.record.offset)
         self.flow.finished(size_of(outcome.record))
         if self.in_flight == 0:
             self.scoring.wake.set()
@@ -349,7 +349,7 @@ class Worker:
         """Before partitions go to another worker: finish their in-flight records, commit them."""
         deadline = self.clock() + self.settings.shutdown_grace_s
         self.scoring.wake.set()
-        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.input_topic}
+        partitions = set(revoked)
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
         if self.committer is not None:
             await self.committer.commit(partitions)
@@ -363,20 +363,20 @@ class Worker:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Exactly once: start the producers of the partitions newly assigned, fencing their last owners."""
         if self.transactions is not None:
-            await self.transactions.assign(tp.partition for tp in assigned if tp.topic == self.settings.input_topic)
+            await self.transactions.assign(assigned)
 
-    def hold(self, partitions: set[int]) -> None:
+    def hold(self, partitions: set[TopicPartition]) -> None:
         """A transactional commit: stop taking these partitions' records (worker/committer.py)."""
         self._held |= partitions
         self._apply_pauses()
 
-    def release(self, partitions: set[int]) -> None:
+    def release(self, partitions: set[TopicPartition]) -> None:
         """Take these partitions' records again."""
         self._held -= partitions
         if self.consumer is not None:
             self._apply_pauses()
 
-    async def idle(self, partitions: set[int]) -> bool:
+    async def idle(self, partitions: set[TopicPartition]) -> bool:
         """Wait until none of these partitions' records is in flight; False if the worker stops first
         and its grace period passes."""
         started, grace = self.clock(), self.settings.shutdown_grace_s

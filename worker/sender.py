@@ -26,6 +26,7 @@ from schemas.records import Record
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from transport.seams import Producer
 from worker.deadletter import dead_letter_headers, fit
+from worker.offsets import partition_of
 from worker.outcomes import DeadLetter, Outcome, Result
 from worker.policy import Abandon, Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure, model_of
 from worker.settings import Settings
@@ -93,7 +94,7 @@ class Sender:
         """The partition's transactional producer (exactly once, but for shadow results), else the producer."""
         if self.transactions is None or outcome.shadow:
             return self.producer
-        return await self.transactions.producer_for(outcome.record.partition)
+        return await self.transactions.producer_for(partition_of(outcome.record))
 
     def _limit(self, topic: str) -> int:
         return self.limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)

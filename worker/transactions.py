@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from transport.seams import TransactionalProducer
 from worker.clients import Clients, connect
+from worker.offsets import shown
 from worker.settings import Settings
 
 log = structlog.get_logger("streamscore.worker")
@@ -43,26 +44,26 @@ class PartitionTransactions:
         self.clients = clients
         self.settings = settings
         self.limits = dict(limits)
-        self._producers: dict[int, TransactionalProducer] = {}
-        self._open: set[int] = set()  # partitions whose transaction has begun
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._ready: dict[int, asyncio.Event] = {}  # set once the partition's producer has started
+        self._producers: dict[TopicPartition, TransactionalProducer] = {}
+        self._open: set[TopicPartition] = set()  # partitions whose transaction has begun
+        self._locks: dict[TopicPartition, asyncio.Lock] = {}
+        self._ready: dict[TopicPartition, asyncio.Event] = {}  # set once the partition's producer has started
 
-    def holds(self, partition: int) -> bool:
+    def holds(self, partition: TopicPartition) -> bool:
         """Whether this worker has a producer for `partition`."""
         return partition in self._producers
 
-    async def assign(self, partitions: Iterable[int]) -> None:
+    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Start the producer of each partition newly assigned (fencing its last owner)."""
         for partition in sorted(set(partitions) - self._producers.keys()):
-            transactional_id = self.settings.transactional_id(self.settings.input_topic, partition)
+            transactional_id = self.settings.transactional_id(partition.topic, partition.partition)
             producer = self.clients.transactional_producer(self.settings, self.limits, transactional_id)
             await connect(producer.start, f"transactional producer {transactional_id}", self.settings)
             self._producers[partition] = producer
             self._locks[partition] = asyncio.Lock()
             self._ready.setdefault(partition, asyncio.Event()).set()
 
-    async def producer_for(self, partition: int) -> TransactionalProducer:
+    async def producer_for(self, partition: TopicPartition) -> TransactionalProducer:
         """The producer to send an outcome of `partition` with, its transaction begun (TimeoutError if it
         never starts: the send is lost, and the partition read again)."""
         ready = self._ready.setdefault(partition, asyncio.Event())
@@ -75,19 +76,18 @@ class PartitionTransactions:
                 self._open.add(partition)
             return producer
 
-    async def commit(self, partition: int, offset: int) -> None:
+    async def commit(self, partition: TopicPartition, offset: int) -> None:
         """Commit the partition's transaction with its input offset `offset` (KafkaError if it cannot)."""
         async with self._locks[partition]:
             producer = self._producers[partition]
             if partition not in self._open:
                 await producer.begin_transaction()
                 self._open.add(partition)
-            tp = TopicPartition(self.settings.input_topic, partition)
-            await producer.send_offsets_to_transaction({tp: offset}, self.settings.group_id)
+            await producer.send_offsets_to_transaction({partition: offset}, self.settings.group_id)
             await producer.commit_transaction()
             self._open.discard(partition)
 
-    async def abort(self, partition: int) -> None:
+    async def abort(self, partition: TopicPartition) -> None:
         """Abort the partition's open transaction, if any: none of its outcomes will be seen."""
         async with self._locks[partition]:
             if partition in self._open:
@@ -95,9 +95,9 @@ class PartitionTransactions:
                 try:
                     await self._producers[partition].abort_transaction()
                 except KafkaError as error:  # fenced, or the broker gone: the broker aborts it on its own
-                    log.warning("transaction_not_aborted", partition=partition, error=repr(error))
+                    log.warning("transaction_not_aborted", partition=shown(partition), error=repr(error))
 
-    async def release(self, partitions: Iterable[int]) -> None:
+    async def release(self, partitions: Iterable[TopicPartition]) -> None:
         """Abort what is open and stop the producers of partitions this worker gives up."""
         for partition in sorted(set(partitions) & self._producers.keys()):
             await self.abort(partition)

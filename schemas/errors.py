@@ -5,8 +5,10 @@
     │   ├── DecodeError             stage "decode":   empty, oversized, not JSON, not a V2 request
     │   ├── ValidationError         stage "validate": names, shapes, datatypes, row limits, NaN
     │   ├── ModelNotFoundError      stage "validate": no such model, or no such version
-    │   └── InferenceError          stage "infer":    onnxruntime raised on this record alone
-    │       └── InferenceTimeout    stage "infer":    the model ran past the inference timeout
+    │   │   └── ModelUnavailableError   not on this worker (yet): a version not pulled   [retry later]
+    │   ├── InferenceError          stage "infer":    onnxruntime raised on this record alone
+    │   │   └── InferenceTimeout    stage "infer":    the model ran past the inference timeout  [retry later]
+    │   └── RetryLaterError         an explicit "this record may succeed later"        [retry later]
     ├── TransientError              retriable: the same call may succeed later
     │   ├── BrokerUnavailableError  the broker could not be reached or timed out
     │   └── ProduceError            a result or dead letter was not acknowledged (retriable cause)
@@ -19,6 +21,9 @@
         └── NotAuthorizedError      the broker refuses an operation for want of an ACL (exit 2:
                                     restarting would not help; the message names topic and ACL)
 
+`retry_later` (record errors) says whether the same record may be scored later: with retry
+topics set (STREAMSCORE_RETRY_TOPIC_DELAYS_MS), such a record goes to the next retry topic
+instead of the dead-letter topic, until its attempts run out (worker/retrytopics.py).
 `retriable` says whether retrying the same operation can help; the retry policy is
 `retry_if_exception(lambda e: getattr(e, "retriable", False))`. `stage` says where a
 record failed, and becomes the `streamscore-stage` header of its dead letter.
@@ -39,6 +44,7 @@ class RecordError(StreamscoreError):
     """A record that cannot be scored; it goes to the dead-letter topic with the reason."""
 
     stage: ClassVar[str] = "decode"
+    retry_later: ClassVar[bool] = False
 
 
 class DecodeError(RecordError):
@@ -59,6 +65,19 @@ class ModelNotFoundError(RecordError):
     stage = "validate"
 
 
+class ModelUnavailableError(ModelNotFoundError):
+    """The model, or the version a request pins, is not on this worker: it may be pulled later."""
+
+    retry_later = True
+
+
+class RetryLaterError(RecordError):
+    """A record that cannot be scored now and may be later (raise it to send a record to the retry topics)."""
+
+    stage = "infer"
+    retry_later = True
+
+
 class InferenceError(RecordError):
     """onnxruntime raised while scoring this record on its own."""
 
@@ -66,7 +85,10 @@ class InferenceError(RecordError):
 
 
 class InferenceTimeout(InferenceError):
-    """A model run took longer than the inference timeout and was stopped."""
+    """A model run took longer than the inference timeout and was stopped (a loaded machine, or a
+    model waiting on something outside it, may do better later)."""
+
+    retry_later = True
 
 
 class ResultRejectedError(RecordError):

@@ -14,6 +14,12 @@ Results carry the correlation headers of their request (traceparent, ...) and
 Dead letters keep the request's headers byte for byte and add Spring Kafka's `kafka_dlt-*`
 headers (binary ints and longs are big-endian) and ours, `streamscore-dlt-*` (UTF-8 text):
 stage, error, attempts, worker, model, model-version, model-sha256.
+
+Records on retry topics keep the request's headers too, with Spring Kafka's `retry_topic-*`
+headers set: attempts (a 4-byte int: the attempt this delivery is), the original timestamp and
+the time the record is due (milliseconds since the epoch, as Java's BigInteger.toByteArray writes
+them: big-endian two's complement, as few bytes as it takes), and ours: the error of the last
+attempt (`streamscore-retry-error`).
 """
 
 from __future__ import annotations
@@ -56,6 +62,13 @@ DLT_HEADERS_OMITTED = "streamscore-dlt-headers-omitted"
 DLT_KEY_OMITTED = "streamscore-dlt-key-omitted"
 DLT_TOMBSTONE = "streamscore-dlt-tombstone"  # the original value was null (written as empty bytes)
 
+# Spring Kafka (RetryTopicHeaders), on records sent to a retry topic
+RETRY_ATTEMPTS = "retry_topic-attempts"
+RETRY_ORIGINAL_TIMESTAMP = "retry_topic-original-timestamp"
+RETRY_BACKOFF_TIMESTAMP = "retry_topic-backoff-timestamp"
+RETRY_ERROR = "streamscore-retry-error"
+RETRY_HEADERS = (RETRY_ATTEMPTS, RETRY_ORIGINAL_TIMESTAMP, RETRY_BACKOFF_TIMESTAMP, RETRY_ERROR)
+
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 
 
@@ -67,6 +80,19 @@ def encode_int(value: int) -> bytes:
 def encode_long(value: int) -> bytes:
     """An 8-byte big-endian long, as Spring writes the original offset and timestamp."""
     return struct.pack(">q", value)
+
+
+def encode_big_integer(value: int) -> bytes:
+    """As Java's `BigInteger.valueOf(value).toByteArray()`: big-endian two's complement, fewest bytes."""
+    magnitude = value if value >= 0 else ~value
+    return value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True)
+
+
+def decode_big_integer(raw: bytes) -> int:
+    """What `encode_big_integer` (or Java's `new BigInteger(raw)`) wrote; ValueError when empty."""
+    if not raw:
+        raise ValueError("an empty big integer")
+    return int.from_bytes(raw, "big", signed=True)
 
 
 def decode_int(raw: bytes) -> int:

@@ -13,6 +13,7 @@ DEFAULT_GROUP_ID = "streamscore"
 DEAD_LETTER_SUFFIX = ".DLT"  # as Spring Kafka's plain DeadLetterPublishingRecoverer names it
 SHADOW_SUFFIX = ".shadow"
 STATUS_SUFFIX = ".status"
+RETRY_INFIX = "-retry-"  # Spring Kafka's retry topics: <topic>-retry-<delay ms>
 
 
 def dead_letter_topic_of(input_topic: str) -> str:
@@ -28,3 +29,8 @@ def shadow_topic_of(results_topic: str) -> str:
 def status_topic_of(control_topic: str) -> str:
     """Where workers report what they serve: `<control>.status` (compacted)."""
     return control_topic + STATUS_SUFFIX
+
+
+def retry_topic_of(input_topic: str, delay_ms: int) -> str:
+    """The retry topic of an input topic for one delay: `<input>-retry-<delay ms>`, as Spring Kafka names it."""
+    return f"{input_topic}{RETRY_INFIX}{delay_ms}"

@@ -266,11 +266,12 @@ class _Fetching:
 
 
 class FakeConsumer(_Fetching):
-    """The only member of its group: it owns every partition of the topic until `rebalance`."""
+    """The only member of its group: it owns every partition of its topics until `rebalance`."""
 
-    def __init__(self, cluster: FakeCluster, topic: str, group: str, listener: Rebalance) -> None:
+    def __init__(self, cluster: FakeCluster, topics: Sequence[str], group: str, listener: Rebalance) -> None:
         super().__init__(cluster)
-        self.topic, self.group, self.listener = topic, group, listener
+        self.topics, self.group, self.listener = list(topics), group, listener
+        self.topic = self.topics[0]
         self.pauses = 0
 
     async def start(self) -> None:
@@ -279,15 +280,19 @@ class FakeConsumer(_Fetching):
         await self.listener.on_assigned(set(self.positions))
 
     def _assign(self, partitions: set[int]) -> None:
+        """Take `partitions` of the first topic, and every partition of the others (retry topics)."""
         self.positions = {}
-        for partition in sorted(partitions):
-            tp = TopicPartition(self.topic, partition)
+        chosen = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        for topic in self.topics[1:]:
+            chosen += [TopicPartition(topic, p) for p in range(len(self.cluster.topics.get(topic, [])))]
+        for tp in chosen:
             self.positions[tp] = self.cluster.committed.get((self.group, tp), 0)
         self._paused &= set(self.positions)
 
     async def rebalance(self, keep: set[int]) -> set[TopicPartition]:
         """An eager rebalance, as aiokafka's: every partition is revoked (the listener runs first),
-        then the partitions in `keep` are assigned again from the group's committed offsets."""
+        then the partitions in `keep` of the first topic (and every one of the others) are assigned
+        again from the group's committed offsets."""
         revoked = set(self.positions)
         await self.listener.on_revoked(set(revoked))
         self._assign(keep)
@@ -312,6 +317,9 @@ class FakeConsumer(_Fetching):
         for tp, offset in offsets.items():
             self.cluster.committed[(self.group, tp)] = offset
         self.cluster.commits.append(dict(offsets))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
 
     async def seek_to_committed(self, *partitions: TopicPartition) -> None:
         for tp in partitions:
@@ -368,7 +376,7 @@ class FakeClients:
         return producer
 
     def consumer(self, settings: Settings, listener: Rebalance) -> FakeConsumer:
-        self.made_consumer = FakeConsumer(self.cluster, settings.input_topic, settings.group_id, listener)
+        self.made_consumer = FakeConsumer(self.cluster, settings.input_topics, settings.group_id, listener)
         return self.made_consumer
 
     def reader(self, settings: Settings) -> FakeReader:

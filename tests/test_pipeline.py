@@ -429,7 +429,9 @@ def test_pinned_default_version(root: Path) -> None:
     ("name", "version", "message"),
     [
         pytest.param("nope", None, "unknown model 'nope'", id="unknown-model"),
-        pytest.param("mlp", "11", "model 'mlp' has no version '11'; available: 1, 9, 10", id="unknown-version"),
+        pytest.param(
+            "mlp", "11", "model 'mlp' has no version '11' on this worker; available: 1, 9, 10", id="unknown-version"
+        ),
         pytest.param("../outside", None, "unknown model '../outside'", id="name-traversal"),
         pytest.param("mlp/../sklearn", None, "unknown model", id="name-inner-traversal"),
         pytest.param("mlp", "../9", "not a valid version name", id="version-traversal"),

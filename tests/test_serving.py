@@ -172,7 +172,9 @@ async def test_a_canary_or_shadow_that_fails_to_load_is_dropped(
 @pytest.mark.parametrize(
     ("name", "version", "expected"),
     [
-        pytest.param("mlp", "9", "model 'mlp' has no version '9'; available: 1, 2, 3", id="unknown-version"),
+        pytest.param(
+            "mlp", "9", "model 'mlp' has no version '9' on this worker; available: 1, 2, 3", id="unknown-version"
+        ),
         pytest.param("nope", None, "unknown model 'nope': no nope/<version>/model.onnx under {root}", id="unknown"),
         pytest.param("mlp", "../1", "model version '../1' is not a valid version name", id="bad-version"),
         pytest.param("mlp", "2", None, id="pinned-version"),

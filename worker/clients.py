@@ -63,7 +63,8 @@ class KafkaClients:
         return producer
 
     def consumer(self, settings: Settings, rebalance: Rebalance) -> GroupConsumer:
-        """The group consumer of the input topic (commits by hand); `rebalance` hears of partitions that go and come."""
+        """The group consumer of the input topic and its retry topics (commits by hand); `rebalance`
+        hears of partitions that go and come."""
         s = settings
         consumer = AIOKafkaConsumer(
             **s.kafka_options(),
@@ -79,7 +80,7 @@ class KafkaClients:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),
         )
-        consumer.subscribe([s.input_topic], listener=_Rebalance(rebalance))
+        consumer.subscribe(s.input_topics, listener=_Rebalance(rebalance))
         group_consumer: GroupConsumer = consumer
         return group_consumer
 

@@ -16,7 +16,7 @@ class Observer:
     """Counts results, dead letters, rows scored and shadow results."""
 
     def __init__(self) -> None:
-        self.counts = {"results": 0, "dead_letters": 0, "rows": 0, "shadow": 0}
+        self.counts = {"results": 0, "dead_letters": 0, "rows": 0, "shadow": 0, "retried": 0}
 
     def consumed(self, record: Record) -> None:
         """A record was fetched."""
@@ -31,6 +31,8 @@ class Observer:
             self.counts["shadow"] += 1
         elif isinstance(outcome, Result):
             self.counts["results"] += 1
+        elif outcome.hop is not None:
+            self.counts["retried"] += 1
         else:
             self.counts["dead_letters"] += 1
 

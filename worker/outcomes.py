@@ -35,9 +35,22 @@ class Result:
     shadow: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Where a record that may be scored later goes instead of the dead-letter topic (worker/retrytopics.py)."""
+
+    topic: str
+    headers: list[tuple[str, bytes]]
+    attempt: int  # the attempt its delivery from `topic` will be
+
+
 @dataclass(slots=True)
 class DeadLetter:
-    """A record that cannot be scored, the error, and the model it was meant for (if known)."""
+    """A record that cannot be scored, the error, and the model it was meant for (if known).
+
+    With `hop` set, the record goes to a retry topic instead, value, key and headers as they were
+    (plus the retry headers); `final` means it goes to the dead-letter topic whatever its error.
+    """
 
     record: Record
     error: Exception
@@ -45,6 +58,8 @@ class DeadLetter:
     model: tuple[str, str, str] | None = None  # name, version, sha256
     attempts: int = 1
     shadow: bool = False
+    hop: Hop | None = None
+    final: bool = False
 
 
 Outcome = Result | DeadLetter

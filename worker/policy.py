@@ -5,7 +5,8 @@
                       send it again after a backoff, for as long as it takes; the worker pauses
                       fetching meanwhile and commits nothing past the record
         -> Reroute    a result refused for good because of what it is (larger than the topic
-                      allows, corrupt): its request is dead-lettered instead (stage "produce")
+                      allows, corrupt): its request is dead-lettered instead (stage "produce");
+                      a record a retry topic refuses for good goes to the dead-letter topic
         -> Stop       an ACL is missing (NotAuthorizedError, exit 2), or a dead letter is refused
                       for good (FatalError, exit 1): the worker stops, the offset uncommitted
         -> Drop       a shadow result: best effort, nothing waits for it
@@ -19,6 +20,7 @@ A record is never dead-lettered for the broker's failure, only for its own. The 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from aiokafka.errors import (
@@ -130,6 +132,8 @@ def after_send_failure(
     if not isinstance(error, REFUSED_FOR_GOOD):
         return Retry(resends + 1)
     record = outcome.record
+    if isinstance(outcome, DeadLetter) and outcome.hop is not None:  # the retry topic refuses it: dead-letter it
+        return Reroute(dataclasses.replace(outcome, hop=None, final=True))
     if isinstance(outcome, Result):
         rejected = ResultRejectedError(f"the result of request {outcome.request_id!r} was refused: {error!r}")
         rejected.__cause__ = error

@@ -33,6 +33,7 @@ from worker.flow import Flow, size_of
 from worker.observe import Observer
 from worker.offsets import OffsetTracker, partition_of
 from worker.outcomes import DeadLetter, Outcome
+from worker.retrytopics import RetryTopics, first_not_due
 from worker.scoring import ScoreLoop
 from worker.sender import Sender, log_dead_letter
 from worker.serving import Serving
@@ -79,6 +80,9 @@ class Worker:
         self.committer: Committer | TransactionalCommitter | None = None
         self.transactions: PartitionTransactions | None = None  # exactly once
         self._held: set[TopicPartition] = set()  # partitions a transactional commit holds
+        self.retries = RetryTopics.of(settings)
+        self._waiting: dict[TopicPartition, int] = {}  # retry-topic partitions paused until (ms since the epoch)
+        self.wall = time.time
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
@@ -113,7 +117,8 @@ class Worker:
     async def startup(self) -> None:
         """Connect, apply the control topic's desired states, load the default model, join the group."""
         s = self.settings
-        limits = await self.clients.limits(s, [s.results_topic, s.dead_letter_topic_name, s.shadow_topic_name])
+        written = [s.results_topic, s.dead_letter_topic_name, s.shadow_topic_name, *self.retries.topics]
+        limits = await self.clients.limits(s, written)
         self.producer = self.clients.producer(s, limits)
         if s.exactly_once:
             self.transactions = PartitionTransactions(self.clients, s, limits)
@@ -125,6 +130,7 @@ class Worker:
             limits=limits,
             transactions=self.transactions,
             on_lost=self._lose,
+            retries=self.retries,
         )
         await connect(self.producer.start, "producer", s)
         if s.control_topic:
@@ -252,9 +258,12 @@ class Worker:
         """Fetch what there is room for and admit it; whether anything came."""
         self._polled_at = self.clock()
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
-        for records in fetched.values():
-            for record in records:
+        for partition, records in fetched.items():
+            due, next_due = first_not_due(records, self.retries, int(self.wall() * 1000))
+            for record in records[:due]:
                 await self.take(record)
+            if next_due is not None:
+                self._wait(partition, records[due].offset, next_due)
         if fetched:
             self.scoring.wake.set()
         return bool(fetched)
@@ -275,6 +284,12 @@ class Worker:
         else:
             await self._send(fate)
 
+    def _wait(self, partition: TopicPartition, offset: int, due_ms: int) -> None:
+        """A retry topic's record is not due yet: read the partition again from it once it is."""
+        self._consumer.seek(partition, offset)
+        self._waiting[partition] = due_ms
+        self._apply_pauses()
+
     def _apply_backpressure(self) -> bool:
         """Carry out the flow's decision on the assigned partitions; True while paused."""
         step = self.flow.decide(blocked=self.sender is not None and self.sender.troubled > 0)
@@ -284,9 +299,12 @@ class Worker:
         return self.flow.paused
 
     def _apply_pauses(self) -> None:
-        """Pause every assigned partition under backpressure, else those a commit holds; resume the rest."""
+        """Pause every assigned partition under backpressure, else those a commit holds and the retry
+        topics' partitions whose next record is not due; resume the rest."""
         assigned = self._consumer.assignment()
-        wanted = set(assigned) if self.flow.paused else assigned & self._held
+        now_ms = self.wall() * 1000
+        self._waiting = {tp: due for tp, due in self._waiting.items() if due > now_ms and tp in assigned}
+        wanted = set(assigned) if self.flow.paused else (assigned & self._held) | self._waiting.keys()
         paused = self._consumer.paused()
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))

@@ -14,6 +14,7 @@ records read again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -29,6 +30,7 @@ from worker.deadletter import dead_letter_headers, fit
 from worker.offsets import partition_of
 from worker.outcomes import DeadLetter, Outcome, Result
 from worker.policy import Abandon, Drop, Reroute, Retry, RetryPolicy, Stop, after_send_failure, model_of
+from worker.retrytopics import RetryTopics
 from worker.settings import Settings
 from worker.transactions import PartitionTransactions
 
@@ -55,8 +57,10 @@ class Sender:
         limits: Mapping[str, int] | None = None,
         transactions: PartitionTransactions | None = None,
         on_lost: Callable[[Outcome], None] | None = None,
+        retries: RetryTopics | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         unit: Callable[[], float] = random.random,
     ) -> None:
         self.producer = producer
@@ -67,7 +71,8 @@ class Sender:
         self.on_fatal = on_fatal
         self.transactions = transactions
         self.on_lost = on_lost
-        self._sleep, self._clock, self._unit = sleep, clock, unit
+        self.retries = retries or RetryTopics(settings.input_topic)
+        self._sleep, self._clock, self._wall, self._unit = sleep, clock, wall, unit
         self._background: set[asyncio.Task[None]] = set()
         self.troubled = 0  # outcomes being resent because the broker did not take them
         self._trouble_since: float | None = None
@@ -78,6 +83,8 @@ class Sender:
         if isinstance(outcome, DeadLetter) and outcome.shadow:
             log.warning("shadow_failed", request_id=outcome.request_id, model=outcome.model, error=str(outcome.error))
             return
+        if isinstance(outcome, DeadLetter) and outcome.hop is None:
+            outcome = self._hop(outcome)
         topic, key, value, headers = self._destination(outcome)
         if isinstance(outcome, Result) and not outcome.shadow and record_size(key, value, headers) > self._limit(topic):
             await self.send(too_large(outcome, record_size(key, value, headers), topic, self._limit(topic)))
@@ -95,6 +102,16 @@ class Sender:
         if self.transactions is None or outcome.shadow:
             return self.producer
         return await self.transactions.producer_for(partition_of(outcome.record))
+
+    def _hop(self, letter: DeadLetter) -> DeadLetter:
+        """To the next retry topic when the record may be scored later and it fits there; else as it was."""
+        hopped = self.retries.hop(letter, int(self._wall() * 1000))
+        if hopped.hop is None:
+            return hopped
+        record = letter.record
+        if record_size(record.key, record.value, hopped.hop.headers) > self._limit(hopped.hop.topic):
+            return dataclasses.replace(letter, final=True)  # the dead letter fits, whatever the size (fit)
+        return hopped
 
     def _limit(self, topic: str) -> int:
         return self.limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
@@ -115,6 +132,8 @@ class Sender:
         if isinstance(outcome, Result):
             topic = self.settings.shadow_topic_name if outcome.shadow else self.settings.results_topic
             return topic, outcome.key, outcome.value, outcome.headers
+        if outcome.hop is not None:
+            return outcome.hop.topic, outcome.record.key, outcome.record.value, outcome.hop.headers
         record, error, topic = outcome.record, outcome.error, self.settings.dead_letter_topic_name
         headers = dead_letter_headers(
             record,
@@ -231,8 +250,20 @@ TROUBLE_HINT = (
 
 
 def log_dead_letter(outcome: DeadLetter) -> None:
-    """Log a dead letter the broker acknowledged: where its record was, why it failed, its model."""
+    """Log a dead letter the broker acknowledged: where its record was, why it failed, its model
+    (or, for a record sent to a retry topic, which one and which attempt comes next)."""
     error = outcome.error
+    if outcome.hop is not None:
+        log.info(
+            "record_sent_to_retry_topic",
+            **position(outcome.record),
+            request_id=outcome.request_id,
+            retry_topic=outcome.hop.topic,
+            next_attempt=outcome.hop.attempt,
+            error=type(error).__name__,
+            reason=str(error),
+        )
+        return
     log.warning(
         "record_dead_lettered",
         **position(outcome.record),

@@ -26,6 +26,7 @@ from schemas.topics import (
     DEFAULT_INPUT_TOPIC,
     DEFAULT_RESULTS_TOPIC,
     dead_letter_topic_of,
+    retry_topic_of,
     shadow_topic_of,
     status_topic_of,
 )
@@ -84,6 +85,9 @@ class Settings(Connection):
     guarantee: str = "at-least-once"  # or exactly-once: results, dead letters and offsets in one transaction
     transactional_id_prefix: str = ""  # exactly-once: <prefix>-<topic>-<partition>; empty: the group id
     compression: str = DEFAULT_COMPRESSION  # of results and dead letters: none, gzip, snappy, lz4, zstd
+    # Retry topics: records that may succeed later (worker/retrytopics.py); no delays: none
+    retry_topic_delays_ms: tuple[str, ...] = ()  # e.g. 1000,10000,60000: topics <input>-retry-<delay>
+    retry_topic_attempts: int = 0  # every attempt, the first included; 0: one per delay, plus the first
     # Connecting at start (a broker that fails later is waited for, never given up on)
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
     retry_max_s: float = DEFAULT_RETRY_MAX_S
@@ -114,12 +118,37 @@ class Settings(Connection):
             raise ConfigError(
                 f"{setting_name('guarantee')} must be at-least-once or exactly-once, not {self.guarantee!r}"
             )
+        self._check_retry_topics()
         if self.inference_timeout_s < 0:
             raise ConfigError(f"{setting_name('inference_timeout_s')} must be 0 (none) or more seconds")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"{setting_name('compression')} must be one of {', '.join(COMPRESSIONS)}")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"{setting_name('log_format')} must be auto, json or console")
+
+    def _check_retry_topics(self) -> None:
+        name = setting_name("retry_topic_delays_ms")
+        if not all(delay.isdigit() and int(delay) > 0 for delay in self.retry_topic_delays_ms):
+            raise ConfigError(
+                f"{name} must be positive whole milliseconds, comma-separated, not {self.retry_topic_delays_ms}"
+            )
+        if len(set(self.retry_topic_delays_ms)) != len(self.retry_topic_delays_ms):
+            raise ConfigError(f"{name} names a delay twice ({self.retry_topic_delays_ms}): each delay is one topic")
+        attempts = self.retry_topic_attempts
+        if attempts < 0 or (self.retry_topic_delays_ms and 0 < attempts < 2):
+            raise ConfigError(
+                f"{setting_name('retry_topic_attempts')} must be 0 (one per delay) or at least 2, got {attempts}"
+            )
+
+    @property
+    def retry_delays_ms(self) -> tuple[int, ...]:
+        """The delay of each retry topic, in the order a record goes through them (empty: no retry topics)."""
+        return tuple(int(delay) for delay in self.retry_topic_delays_ms)
+
+    @property
+    def input_topics(self) -> list[str]:
+        """What the worker consumes: the input topic, then its retry topics."""
+        return [self.input_topic, *(retry_topic_of(self.input_topic, d) for d in self.retry_delays_ms)]
 
     @property
     def dead_letter_topic_name(self) -> str:

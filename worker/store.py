@@ -19,7 +19,7 @@ import structlog
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
 from artifacts.runtime import LoadedModel, load_model, load_verified
-from schemas.errors import ModelLoadError, ModelNotFoundError, StreamscoreError
+from schemas.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, StreamscoreError
 from worker.lineup import Key
 from worker.settings import Settings
 
@@ -116,13 +116,17 @@ class ModelStore:
             return version
         available = self._available(name)
         if version not in available:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; available: {', '.join(available)}")
+            raise ModelUnavailableError(
+                f"model {name!r} has no version {version!r} on this worker; available: {', '.join(available)}"
+            )
         return version
 
     def _available(self, name: str) -> list[str]:
         available = self.versions(name)
+        if not available and not NAME_PATTERN.match(name):  # a name no model can have: never retried
+            raise ModelNotFoundError(f"unknown model {name!r}: not a valid model name")
         if not available:
-            raise ModelNotFoundError(f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}")
+            raise ModelUnavailableError(f"unknown model {name!r}: no {name}/<version>/{MODEL_FILE} under {self.root}")
         return available
 
     def load(self, name: str, version: str) -> LoadedModel:

@@ -33,6 +33,7 @@ from worker.flow import Flow, size_of
 from worker.observe import Observer
 from worker.offsets import OffsetTracker, partition_of
 from worker.outcomes import DeadLetter, Outcome
+from worker.pauses import Pauses
 from worker.retrytopics import RetryTopics, first_not_due
 from worker.scoring import ScoreLoop
 from worker.sender import Sender, log_dead_letter
@@ -79,10 +80,8 @@ class Worker:
         self.sender: Sender | None = None
         self.committer: Committer | TransactionalCommitter | None = None
         self.transactions: PartitionTransactions | None = None  # exactly once
-        self._held: set[TopicPartition] = set()  # partitions a transactional commit holds
         self.retries = RetryTopics.of(settings)
-        self._waiting: dict[TopicPartition, int] = {}  # retry-topic partitions paused until (ms since the epoch)
-        self.wall = time.time
+        self.pauses = Pauses()
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
@@ -147,10 +146,11 @@ class Worker:
         )
         self.consumer = self.clients.consumer(s, self)
         await connect(self.consumer.start, "consumer", s)
+        self.pauses.consumer = self.consumer
         self.committer = (
             Committer(self.consumer, self.tracker)
             if self.transactions is None
-            else TransactionalCommitter(self.consumer, self.tracker, self.transactions, self)
+            else TransactionalCommitter(self.consumer, self.tracker, self.transactions, self)  # self: the Barrier
         )
         self._start_tasks()
         log.info(
@@ -259,11 +259,11 @@ class Worker:
         self._polled_at = self.clock()
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
         for partition, records in fetched.items():
-            due, next_due = first_not_due(records, self.retries, int(self.wall() * 1000))
+            due, next_due = first_not_due(records, self.retries, self.pauses.now_ms())
             for record in records[:due]:
                 await self.take(record)
-            if next_due is not None:
-                self._wait(partition, records[due].offset, next_due)
+            if next_due is not None:  # a retry topic's record not due yet: read it again when it is
+                self.pauses.wait(partition, records[due].offset, next_due)
         if fetched:
             self.scoring.wake.set()
         return bool(fetched)
@@ -284,35 +284,17 @@ class Worker:
         else:
             await self._send(fate)
 
-    def _wait(self, partition: TopicPartition, offset: int, due_ms: int) -> None:
-        """A retry topic's record is not due yet: read the partition again from it once it is."""
-        self._consumer.seek(partition, offset)
-        self._waiting[partition] = due_ms
-        self._apply_pauses()
-
     def _apply_backpressure(self) -> bool:
         """Carry out the flow's decision on the assigned partitions; True while paused."""
         step = self.flow.decide(blocked=self.sender is not None and self.sender.troubled > 0)
         if step in ("pause", "hold", "resume"):
             self.flow.paused = step != "resume"
-        self._apply_pauses()
+        self.pauses.backpressure = self.flow.paused
+        self.pauses.apply()
         return self.flow.paused
 
-    def _apply_pauses(self) -> None:
-        """Pause every assigned partition under backpressure, else those a commit holds and the retry
-        topics' partitions whose next record is not due; resume the rest."""
-        assigned = self._consumer.assignment()
-        now_ms = self.wall() * 1000
-        self._waiting = {tp: due for tp, due in self._waiting.items() if due > now_ms and tp in assigned}
-        wanted = set(assigned) if self.flow.paused else (assigned & self._held) | self._waiting.keys()
-        paused = self._consumer.paused()
-        if wanted - paused:
-            self._consumer.pause(*(wanted - paused))
-        if paused - wanted:
-            self._consumer.resume(*(paused - wanted))
-
     async def _drained(self, unassigned_since: float) -> bool:
-        if self.in_flight or not self.scoring.idle or self._held or self.tracker.any_failed():
+        if self.in_flight or not self.scoring.idle or self.pauses.held or self.tracker.any_failed():
             return False
         assignment = list(self._consumer.assignment())
         if not assignment:
@@ -374,7 +356,7 @@ class Worker:
         if self.transactions is not None:
             await self.transactions.release(partitions)
         self.tracker.forget(partitions)
-        self._held -= partitions
+        self.pauses.forget(partitions)
         if revoked:
             log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
@@ -385,14 +367,11 @@ class Worker:
 
     def hold(self, partitions: set[TopicPartition]) -> None:
         """A transactional commit: stop taking these partitions' records (worker/committer.py)."""
-        self._held |= partitions
-        self._apply_pauses()
+        self.pauses.hold(partitions)
 
     def release(self, partitions: set[TopicPartition]) -> None:
         """Take these partitions' records again."""
-        self._held -= partitions
-        if self.consumer is not None:
-            self._apply_pauses()
+        self.pauses.release(partitions)
 
     async def idle(self, partitions: set[TopicPartition]) -> bool:
         """Wait until none of these partitions' records is in flight; False if the worker stops first

@@ -6,9 +6,8 @@
     │   ├── ValidationError         stage "validate": names, shapes, datatypes, row limits, NaN
     │   ├── ModelNotFoundError      stage "validate": no such model, or no such version
     │   │   └── ModelUnavailableError   not on this worker (yet): a version not pulled   [retry later]
-    │   ├── InferenceError          stage "infer":    onnxruntime raised on this record alone
-    │   │   └── InferenceTimeout    stage "infer":    the model ran past the inference timeout  [retry later]
-    │   └── RetryLaterError         an explicit "this record may succeed later"        [retry later]
+    │   └── InferenceError          stage "infer":    onnxruntime raised on this record alone
+    │       └── InferenceTimeout    stage "infer":    the model ran past the inference timeout  [retry later]
     ├── TransientError              retriable: the same call may succeed later
     │   ├── BrokerUnavailableError  the broker could not be reached or timed out
     │   └── ProduceError            a result or dead letter was not acknowledged (retriable cause)
@@ -68,13 +67,6 @@ class ModelNotFoundError(RecordError):
 class ModelUnavailableError(ModelNotFoundError):
     """The model, or the version a request pins, is not on this worker: it may be pulled later."""
 
-    retry_later = True
-
-
-class RetryLaterError(RecordError):
-    """A record that cannot be scored now and may be later (raise it to send a record to the retry topics)."""
-
-    stage = "infer"
     retry_later = True
 
 

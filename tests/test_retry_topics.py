@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas import headers as h
-from schemas.errors import ConfigError, InferenceTimeout, ModelUnavailableError, RetryLaterError, ValidationError
+from schemas.errors import ConfigError, InferenceTimeout, ModelUnavailableError, ValidationError
 from schemas.records import InputRecord
 from worker.outcomes import DeadLetter
 from worker.retrytopics import RetryTopics, first_not_due
@@ -92,7 +92,6 @@ def test_after_the_last_attempt_the_record_is_dead_lettered_with_its_attempts() 
     [
         pytest.param(ModelUnavailableError("not pulled"), id="version-not-pulled"),
         pytest.param(InferenceTimeout("ran past 60 s"), id="inference-timeout"),
-        pytest.param(RetryLaterError("downstream busy"), id="explicit"),
     ],
 )
 def test_errors_that_may_pass_are_retried(error: Exception) -> None:

@@ -98,7 +98,9 @@ class TransactionalCommitter:
         kept: set[TopicPartition] = set()
         try:
             idle = await self.barrier.idle(targets)
-            kept = {p for p in sorted(targets) if not await self._settle(p, idle)}
+            ordered = sorted(targets)  # each partition has its own producer: their commits go at once
+            settled = await asyncio.gather(*(self._settle(p, idle) for p in ordered))
+            kept = {p for p, done in zip(ordered, settled, strict=True) if not done}
         finally:
             self.barrier.release(targets - kept)
 

@@ -1,8 +1,8 @@
 """Retry topics: a record that may be scored later waits on a retry topic instead of being dead-lettered.
 
 Spring Kafka's non-blocking retries, with its topic names and headers. A record whose error says
-`retry_later` (schemas/errors.py: a model version not on this worker yet, an inference timeout,
-an explicit RetryLaterError) goes to `<input>-retry-<delay ms>` for its next attempt, with
+`retry_later` (schemas/errors.py: a model version not on this worker yet, an inference timeout)
+goes to `<input>-retry-<delay ms>` for its next attempt, with
 `retry_topic-attempts` (the attempt that delivery is), `retry_topic-original-timestamp` and
 `retry_topic-backoff-timestamp` (when it is due). The worker consumes the retry topics in the same
 group as the input topic; a record that is not due yet pauses its partition until it is (the fetch

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from artifacts.manifest import MODEL_FILE
 from artifacts.storage import check_key
 from artifacts.watchdog import watched
-from schemas.errors import InferenceError, InferenceTimeout, ModelLoadError
+from schemas.errors import ConfigError, InferenceError, InferenceTimeout, ModelLoadError
 from schemas.tensors import DATATYPES, Tensor
 
 #: onnxruntime's element type names -> V2 datatypes
@@ -73,6 +73,9 @@ class Session(Protocol):
     ) -> list[Any]: ...
 
 
+CPU = ("CPUExecutionProvider",)
+
+
 class LoadedModel:
     """One version of one model, ready to run batches."""
 
@@ -97,6 +100,7 @@ class LoadedModel:
 
         self.fixed_batch = _fixed_batch(inputs)  # read for every record: computed once
         self.timeout_s = 0.0  # a run past it is stopped (InferenceTimeout); 0: no limit
+        self.providers: tuple[str, ...] = CPU  # what onnxruntime runs it with
 
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]], timeout_s: float | None = None) -> dict[str, Tensor]:
         """Score one batch; raise InferenceError with onnxruntime's reason, InferenceTimeout past `timeout_s`
@@ -141,10 +145,42 @@ def _as_tensor(spec: OutputSpec, value: Any) -> Tensor:
     return Tensor(spec.name, spec.datatype, array)
 
 
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+
+
+def execution_providers(names: Sequence[str], available: Sequence[str] | None = None) -> tuple[str, ...]:
+    """onnxruntime's names for `names` (its own, or `cpu`, `cuda`, `tensorrt`, ...), in order of
+    preference; ConfigError naming what this onnxruntime has when one is not installed."""
+    have = list(available if available is not None else ort.get_available_providers())
+    chosen = tuple(PROVIDER_ALIASES.get(name.lower(), name) for name in names) or CPU
+    missing = [name for name in chosen if name not in have]
+    if missing:
+        raise ConfigError(
+            f"execution provider {', '.join(missing)} is not in this onnxruntime {ort.__version__}, which has "
+            f"{', '.join(have)}: install the onnxruntime build that has it (onnxruntime-gpu for CUDA and "
+            "TensorRT, onnxruntime-openvino, ...) or set STREAMSCORE_EXECUTION_PROVIDERS to what is installed"
+        )
+    return chosen
+
+
 def load_model(
-    source: Path | bytes, name: str, version: str, *, sha256: str | None = None, intra_op_threads: int = 1
+    source: Path | bytes,
+    name: str,
+    version: str,
+    *,
+    sha256: str | None = None,
+    intra_op_threads: int = 1,
+    providers: Sequence[str] = CPU,
 ) -> LoadedModel:
-    """Load a model (a file, or its bytes) with onnxruntime on the CPU and warm it up.
+    """Load a model (a file, or its bytes) with onnxruntime's `providers` and warm it up.
 
     Raises ModelLoadError saying why the model cannot be served: unreadable, refused by
     onnxruntime, an output type that cannot be served, or a warm-up inference that fails.
@@ -157,13 +193,14 @@ def load_model(
     options.log_severity_level = 4  # failures reach the dead letter; keep stderr for ours
     try:
         session = ort.InferenceSession(
-            str(source) if isinstance(source, Path) else source, options, providers=["CPUExecutionProvider"]
+            str(source) if isinstance(source, Path) else source, options, providers=list(providers)
         )
     except Exception as error:
         raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} ({where}): {error}") from error
     inputs = tuple(_input_spec(arg, name, version) for arg in session.get_inputs())
     outputs = tuple(_output_spec(arg, name, version) for arg in session.get_outputs())
     model = LoadedModel(name, version, digest, session, inputs, outputs)
+    model.providers = tuple(session.get_providers())
     warm_up(model)
     return model
 
@@ -178,7 +215,14 @@ def _sha256(source: Path | bytes, name: str, version: str) -> str:
 
 
 def load_verified(
-    model: bytes, external: Mapping[str, bytes], name: str, version: str, *, sha256: str, intra_op_threads: int = 1
+    model: bytes,
+    external: Mapping[str, bytes],
+    name: str,
+    version: str,
+    *,
+    sha256: str,
+    intra_op_threads: int = 1,
+    providers: Sequence[str] = CPU,
 ) -> LoadedModel:
     """Load a model and its external-data files (by relative path) from exactly these bytes, already verified.
 
@@ -189,14 +233,15 @@ def load_verified(
     them, and the folder is removed once the session holds the weights.
     """
     if not external:
-        return load_model(model, name, version, sha256=sha256, intra_op_threads=intra_op_threads)
+        return load_model(model, name, version, sha256=sha256, intra_op_threads=intra_op_threads, providers=providers)
     folder = Path(tempfile.mkdtemp(prefix="streamscore-load-"))  # created 0700
     try:
         for relative, data in {**external, MODEL_FILE: model}.items():
             path = folder.joinpath(*check_key(relative).parts)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        return load_model(folder / MODEL_FILE, name, version, sha256=sha256, intra_op_threads=intra_op_threads)
+        path = folder / MODEL_FILE
+        return load_model(path, name, version, sha256=sha256, intra_op_threads=intra_op_threads, providers=providers)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

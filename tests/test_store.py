@@ -14,10 +14,11 @@ from structlog.testing import CapturingLogger
 import worker.store as store_module
 from artifacts.integrity import ArtifactError
 from artifacts.registry import Registry
-from demo.models import make_mlp
+from artifacts.runtime import execution_providers
+from demo.models import install_model, make_mlp
 from registry.push import push_model
 from schemas.control import DesiredState
-from schemas.errors import ModelLoadError, ModelNotFoundError
+from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from tests.factories import flip_byte, make_external_data_model, make_mlp_registry
 from worker.lineup import Chosen, Lineup
 from worker.serving import Serving
@@ -198,3 +199,37 @@ def _flip(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("asked", "chosen"),
+    [
+        pytest.param(("cpu",), ("CPUExecutionProvider",), id="alias"),
+        pytest.param(
+            ("CUDAExecutionProvider", "cpu"), ("CUDAExecutionProvider", "CPUExecutionProvider"), id="order-kept"
+        ),
+        pytest.param((), ("CPUExecutionProvider",), id="none-is-cpu"),
+    ],
+)
+def test_execution_providers_are_named_as_onnxruntime_names_them(
+    asked: tuple[str, ...], chosen: tuple[str, ...]
+) -> None:
+    assert chosen == execution_providers(asked, available=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_a_provider_this_onnxruntime_lacks_is_refused_naming_what_it_has() -> None:
+    """Asking for CUDA on a CPU-only onnxruntime stops the worker at start, saying what to install."""
+    with pytest.raises(ConfigError) as refused:
+        ModelStore(Path("/nowhere"), default_name="mlp", providers=("cuda",))
+
+    message = str(refused.value)
+    assert "CUDAExecutionProvider is not in this onnxruntime" in message
+    assert "CPUExecutionProvider" in message and "onnxruntime-gpu" in message
+
+
+def test_a_model_runs_on_the_providers_asked_for(tmp_path: Path) -> None:
+    """The loaded model says which providers onnxruntime runs it with."""
+    install_model(tmp_path, "mlp", "1", make_mlp)
+    store = ModelStore(tmp_path, default_name="mlp", providers=("CPUExecutionProvider",))
+
+    assert ("CPUExecutionProvider",) == store.load("mlp", "1").providers

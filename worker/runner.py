@@ -143,6 +143,7 @@ class Worker:
             version=model.version,
             sha256=model.sha256,
             inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
+            providers=list(model.providers),
         )
         self.consumer = self.clients.consumer(s, self)
         await connect(self.consumer.start, "consumer", s)

@@ -68,6 +68,7 @@ class Settings(Connection):
     model_name: str = ""  # the default model; empty: the only model under model_root
     model_version: str = ""  # pin a version of the default model; empty: the highest
     intra_op_threads: int = 1
+    execution_providers: tuple[str, ...] = ("cpu",)  # onnxruntime's, in order of preference: cpu, cuda, tensorrt, ...
     inference_timeout_s: float = DEFAULT_INFERENCE_TIMEOUT_S  # one model run; a record over it is dead-lettered
     # Batching and flow control
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS

@@ -11,14 +11,14 @@ loads and keeps versions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import structlog
 
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
-from artifacts.runtime import LoadedModel, load_model, load_verified
+from artifacts.runtime import CPU, LoadedModel, execution_providers, load_model, load_verified
 from schemas.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, StreamscoreError
 from worker.lineup import Key
 from worker.settings import Settings
@@ -39,11 +39,13 @@ class ModelStore:
         pinned_version: str = "",
         intra_op_threads: int = 1,
         timeout_s: float = 0.0,
+        providers: Sequence[str] = CPU,
     ) -> None:
         self.root = root
         self.registry = Registry.at(root)
         self.pinned_version = pinned_version
         self.intra_op_threads = intra_op_threads
+        self.providers = execution_providers(providers)  # ConfigError now, not at the first load
         self.timeout_s = timeout_s  # of each model run (0: none)
         self.default_name = default_name or self._only_model()
         self._loaded: dict[Key, LoadedModel] = {}
@@ -58,6 +60,7 @@ class ModelStore:
             pinned_version=settings.model_version,
             intra_op_threads=settings.intra_op_threads,
             timeout_s=settings.inference_timeout_s,
+            providers=settings.execution_providers,
         )
 
     def _only_model(self) -> str:
@@ -146,6 +149,15 @@ class ModelStore:
             self._refused[(name, version)] = str(refusal)
             raise refusal from error
         model.timeout_s = self.timeout_s
+        if model.providers[:1] != self.providers[:1]:  # onnxruntime falls back when a provider fails to start
+            log.warning(
+                "execution_provider_fallback",
+                model=name,
+                version=version,
+                wanted=list(self.providers),
+                running_on=list(model.providers),
+                hint="onnxruntime's log says why the provider did not start (drivers, libraries)",
+            )
         self._loaded[(name, version)] = model
         return model
 
@@ -153,7 +165,8 @@ class ModelStore:
         threads = self.intra_op_threads
         if not self.registry.has(name, version):
             log.warning("model_version_unverified", model=name, version=version, reason="no manifest", hint=PUSH_HINT)
-            return load_model(self.root / name / version / MODEL_FILE, name, version, intra_op_threads=threads)
+            path = self.root / name / version / MODEL_FILE
+            return load_model(path, name, version, intra_op_threads=threads, providers=self.providers)
         stored = self.registry.read_version(name, version)  # each file read once and checked
         if stored.unverified:
             log.warning(
@@ -165,7 +178,13 @@ class ModelStore:
                 hint=PUSH_HINT,
             )
         return load_verified(
-            stored.model, stored.external, name, version, sha256=stored.manifest.sha256, intra_op_threads=threads
+            stored.model,
+            stored.external,
+            name,
+            version,
+            sha256=stored.manifest.sha256,
+            intra_op_threads=threads,
+            providers=self.providers,
         )
 
     def forget_refusal(self, name: str, version: str) -> None:

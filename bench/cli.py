@@ -17,15 +17,14 @@ import orjson
 
 from bench.cluster import running_broker
 from bench.config import (
-    QUICK_RECORDS,
     QUICK_TRICKLE_SECONDS,
     RESULTS_PATH,
     SCENARIOS,
     BenchConfig,
-    install_bench_model,
 )
 from bench.report import ScenarioResult, format_table, results_document
 from bench.scenario import measure
+from bench.stages import format_profile
 
 _STARTED = time.perf_counter()
 
@@ -41,7 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from: {', '.join(SCENARIOS)}"
     )
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_RECORDS} records, short phases")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: a fiftieth of the records, short phases")
     parser.add_argument("--naive-records", type=int, help="records the naive loop is timed on (default 5000)")
     parser.add_argument("--partitions", type=int, help="partitions of every topic (default 3)")
     parser.add_argument(
@@ -60,8 +59,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     values: dict[str, Any] = {"scenarios": tuple(SCENARIOS[n] for n in names), "output": args.output}
     if args.quick:
         values |= {
-            "records": QUICK_RECORDS,
-            "naive_records": QUICK_RECORDS,
+            "quick": True,
+            "naive_records": 1000,
             "ort_seconds": 0.5,
             "trickle_seconds": QUICK_TRICKLE_SECONDS,
         }
@@ -74,8 +73,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 async def run(config: BenchConfig, bootstrap: str) -> list[ScenarioResult]:
     """Measure every scenario of `config` against the broker at `bootstrap`."""
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-models-") as root:
-        model_path = install_bench_model(Path(root))
-        return [await measure(s, config, bootstrap, Path(root), model_path, progress) for s in config.scenarios]
+        return [await measure(s, config, bootstrap, Path(root), progress) for s in config.scenarios]
 
 
 def machine() -> dict[str, Any]:
@@ -94,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"broker on {bootstrap}")
         results = asyncio.run(run(config, bootstrap))
     print(format_table(results))
+    for result in results:
+        if "stages" in result.extra:
+            print(format_profile(result.name, result.extra["stages"]))
     config.output.write_bytes(orjson.dumps(results_document(results, machine()), option=orjson.OPT_INDENT_2) + b"\n")
     progress(f"wrote {config.output}")
     return 0

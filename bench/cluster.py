@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -12,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.config import INPUT_NAME, MLP_FEATURES
+from bench.config import Scenario
+from bench.models import MODELS, Record
 from broker import local
-from schemas.codec import encode_request
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_START_TIMEOUT_S = 120.0
@@ -31,14 +32,32 @@ def running_broker() -> Iterator[str]:
 @contextlib.contextmanager
 def running_broker_at() -> Iterator[tuple[str, Path]]:
     """A fresh single-node broker; yields its bootstrap address and its data folder, stops it after."""
+    global broker_pid
     with tempfile.TemporaryDirectory(prefix="streamscore-bench-") as home:
         config = local.BrokerConfig(
             home=Path(home), port=local.free_port(), controller_port=local.free_port(), libs=REPO / ".kafka" / "libs"
         )
         try:
-            yield local.start(config, timeout_s=BROKER_START_TIMEOUT_S), config.data_dir
+            bootstrap = local.start(config, timeout_s=BROKER_START_TIMEOUT_S)
+            broker_pid = local.read_pid(config)
+            yield bootstrap, config.data_dir
         finally:
+            broker_pid = None
             local.stop(config)
+
+
+broker_pid: int | None = None  # of the broker `running_broker_at` runs (its CPU time is read from /proc)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU seconds a process has used so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def unique(name: str) -> str:
@@ -46,25 +65,38 @@ def unique(name: str) -> str:
     return f"bench-{name}-{uuid.uuid4().hex[:6]}"
 
 
-def make_requests(count: int, rows: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
-    """`count` V2 requests of `rows` rows each, as (key, value); the key is the request id."""
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(count, rows, MLP_FEATURES)).astype(np.float32)
-    out = []
-    for i in range(count):
-        request_id = f"r{i}"
-        out.append((request_id.encode(), encode_request({INPUT_NAME: features[i]}, id=request_id)))
-    return out
+async def produce_requests(bootstrap: str, topic: str, scenario: Scenario, count: int, seed: int = 0) -> None:
+    """Produce a scenario's `count` requests, built and sent a chunk at a time (images are large)."""
+    from bench.models import make_requests as requests_for
+
+    model = MODELS[scenario.model]
+    chunk = max(
+        1, min(PRODUCE_CHUNK, 200_000_000 // max(1, scenario.rows_per_request * 4 * int(np.prod(model.row_shape))))
+    )
+    for start in range(0, count, chunk):
+        size = min(chunk, count - start)
+        await produce(
+            bootstrap, topic, requests_for(model, size, scenario.rows_per_request, scenario.binary, seed + start, start)
+        )
 
 
-async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+def make_requests(count: int, rows: int, seed: int = 0) -> list[Record]:
+    """`count` JSON V2 requests of `rows` rows each for the small MLP; the key is the request id."""
+    from bench.models import make_requests as requests_for
+
+    return requests_for(MODELS["mlp"], count, rows, binary=False, seed=seed)
+
+
+async def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> None:
     """Produce records and wait until all are acknowledged."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262_144)
     await producer.start()
     try:
         for start in range(0, len(records), PRODUCE_CHUNK):
             chunk = records[start : start + PRODUCE_CHUNK]
-            futures = [await producer.send(topic, value=value, key=key) for key, value in chunk]
+            futures = [
+                await producer.send(topic, value=value, key=key, headers=headers) for key, value, headers in chunk
+            ]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()

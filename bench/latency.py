@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ class Latency:
     p50: float
     p99: float
     samples: int
+    p999: float = float("nan")
 
 
 class LatencyLog:
@@ -40,18 +41,19 @@ class LatencyLog:
         self.done.setdefault(request_id, at)
 
     def summary(self, order: list[bytes]) -> Latency:
-        """p50 and p99 over the requests after the warm-up, in send order."""
+        """p50, p99 and p99.9 over the requests after the warm-up, in send order."""
         kept = order[int(len(order) * WARMUP_FRACTION) :]
         values = np.array([self.done[i] - self.sent[i] for i in kept if i in self.done]) * 1000
         if not len(values):
             return Latency(float("nan"), float("nan"), 0)
-        return Latency(float(np.percentile(values, 50)), float(np.percentile(values, 99)), len(values))
+        p50, p99, p999 = (float(np.percentile(values, q)) for q in (50, 99, 99.9))
+        return Latency(p50, p99, len(values), p999)
 
 
 async def trickle(
     bootstrap: str,
     topic: str,
-    requests: list[tuple[bytes, bytes]],
+    requests: Sequence[tuple[bytes, bytes] | tuple[bytes, bytes, list[tuple[str, bytes]]]],
     rate: float,
     log: LatencyLog,
     ready: Callable[[], Awaitable[object]],
@@ -63,11 +65,11 @@ async def trickle(
         await ready()
         futures, order = [], []
         started = time.perf_counter()
-        for index, (key, value) in enumerate(requests):
+        for index, (key, value, *headers) in enumerate(requests):
             await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
             log.sent[key] = time.perf_counter()
             order.append(key)
-            futures.append(await producer.send(topic, value=value, key=key))
+            futures.append(await producer.send(topic, value=value, key=key, headers=headers[0] if headers else None))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

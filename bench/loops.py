@@ -18,7 +18,7 @@ import onnxruntime as ort
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.config import MODEL_NAME, MODEL_VERSION
+from bench.config import MODEL_VERSION
 from bench.timing import Span
 from worker.clients import PRODUCER_LINGER_MS, PRODUCER_MAX_BATCH_BYTES
 from worker.flow import FETCH_MAX_RECORDS
@@ -58,23 +58,41 @@ def streamscore_producer(bootstrap: str) -> AIOKafkaProducer:
     )
 
 
-async def run_echo(bootstrap: str, topic: str, group: str, out_topic: str, limit: int, rows: int) -> Span:
-    """Copy `limit` records to `out_topic`, sends gathered and offsets committed per fetch."""
+async def run_echo(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    out_topic: str,
+    limit: int | None,
+    rows: int,
+    *,
+    stop: asyncio.Event | None = None,
+    on_result: OnResult | None = None,
+    assigned: asyncio.Event | None = None,
+) -> Span:
+    """Copy `limit` records (or until `stop`) to `out_topic`, sends gathered and offsets committed per fetch."""
     span = Span()
     consumer, producer = streamscore_consumer(topic, bootstrap, group), streamscore_producer(bootstrap)
     await producer.start()
     await consumer.start()
     try:
-        while span.records < limit:
+        while not _done(span, limit, stop):
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
-            futures = []
+            if assigned is not None and consumer.assignment():
+                assigned.set()
+            futures, keys = [], []
             for records in batches.values():
                 for record in records:
                     span.consumed()
                     futures.append(await producer.send(out_topic, value=record.value, key=record.key))
+                    keys.append(record.key)
             if futures:
                 await asyncio.gather(*futures)
                 span.acknowledged(rows, len(futures))
+                if on_result is not None:
+                    now = time.perf_counter()
+                    for key in keys:
+                        on_result(key, now)
                 await consumer.commit()
     finally:
         await consumer.stop()
@@ -85,9 +103,10 @@ async def run_echo(bootstrap: str, topic: str, group: str, out_topic: str, limit
 class NaiveScorer:
     """Scores one V2 request with one model run and writes the V2 response, as a first draft would."""
 
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, model_name: str) -> None:
         self.session = make_session(model_path)
         self.output = self.session.get_outputs()[0].name
+        self.model_name = model_name
 
     def __call__(self, value: bytes) -> bytes:
         body = orjson.loads(value)
@@ -96,7 +115,7 @@ class NaiveScorer:
         (scores,) = self.session.run(None, {first["name"]: x})
         response: dict[str, Any] = {
             "id": body["id"],
-            "model_name": MODEL_NAME,
+            "model_name": self.model_name,
             "model_version": MODEL_VERSION,
             "outputs": [
                 {
@@ -130,7 +149,7 @@ async def run_naive(
     The producer keeps aiokafka's default linger (0 ms): with one awaited send per record, the
     5 ms streamscore lingers would cost 5 ms per record, and a user would not write that.
     """
-    span, score = Span(), NaiveScorer(model_path)
+    span, score = Span(), NaiveScorer(model_path, model_path.parent.parent.name)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,

@@ -7,21 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.config import INPUT_NAME, MLP_FEATURES
 from bench.loops import make_session
+from bench.models import BenchModel
 
 BATCHES_PREBUILT = 64
 
 
-def measure_ort(model_path: Path, batch_rows: int, seconds: float) -> float:
-    """Run batches of `batch_rows` rows for about `seconds`; return rows per second."""
+def measure_ort(model: BenchModel, model_path: Path, batch_rows: int, seconds: float) -> tuple[float, float]:
+    """Run batches of `batch_rows` rows for about `seconds`: rows per second, and seconds per batch."""
     session = make_session(model_path)
-    rng = np.random.default_rng(1)
-    batches = [rng.normal(size=(batch_rows, MLP_FEATURES)).astype(np.float32) for _ in range(BATCHES_PREBUILT)]
-    session.run(None, {INPUT_NAME: batches[0]})  # warm up
+    batch_rows = model.fixed_batch or batch_rows
+    prebuilt = max(1, min(BATCHES_PREBUILT, 64_000_000 // max(1, batch_rows * 4 * int(np.prod(model.row_shape)))))
+    batches = [model.rows(batch_rows, seed) for seed in range(prebuilt)]
+    session.run(None, {model.input_name: batches[0]})  # warm up
     runs = 0
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
-        session.run(None, {INPUT_NAME: batches[runs % BATCHES_PREBUILT]})
+        session.run(None, {model.input_name: batches[runs % prebuilt]})
         runs += 1
-    return runs * batch_rows / elapsed
+    return runs * batch_rows / elapsed, elapsed / runs

@@ -61,10 +61,12 @@ class TimedWorker(Worker):
         self.batch_rows = self.timing.batch_rows
 
 
-def worker_settings(bootstrap: str, topic: str, out_topic: str, group: str, model_root: Path) -> Settings:
+def worker_settings(
+    bootstrap: str, topic: str, out_topic: str, group: str, model_root: Path, model_name: str = MODEL_NAME
+) -> Settings:
     """Default settings but for the topics, the group and the model."""
     return Settings(bootstrap_servers=bootstrap, input_topic=topic, results_topic=out_topic, group_id=group).replace(
-        model_root=str(model_root), model_name=MODEL_NAME, log_level="warning"
+        model_root=str(model_root), model_name=model_name, log_level="warning"
     )
 
 

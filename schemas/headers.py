@@ -20,6 +20,10 @@ headers set: attempts (a 4-byte int: the attempt this delivery is), the original
 the time the record is due (milliseconds since the epoch, as Java's BigInteger.toByteArray writes
 them: big-endian two's complement, as few bytes as it takes), and ours: the error of the last
 attempt (`streamscore-retry-error`).
+
+A record that `streamscore dlq replay` sent back carries
+    streamscore-replay-count   how many times it was replayed (decimal text); a dead letter keeps
+                               it among the original headers, so the next replay counts on
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ RETRY_ORIGINAL_TIMESTAMP = "retry_topic-original-timestamp"
 RETRY_BACKOFF_TIMESTAMP = "retry_topic-backoff-timestamp"
 RETRY_ERROR = "streamscore-retry-error"
 RETRY_HEADERS = (RETRY_ATTEMPTS, RETRY_ORIGINAL_TIMESTAMP, RETRY_BACKOFF_TIMESTAMP, RETRY_ERROR)
+
+# Not a dead-letter header: it travels with the replayed record, and back into its next dead letter
+REPLAY_COUNT = "streamscore-replay-count"
 
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 

@@ -339,6 +339,15 @@ class FakeReader(_Fetching):
         for tp in partitions:
             self.positions[tp] = 0
 
+    async def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)  # nothing is ever deleted
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+
 
 class FakeClients:
     """The clients a Worker makes, all over one FakeCluster; the last of each kind is kept."""

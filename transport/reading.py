@@ -1,4 +1,5 @@
-"""Reading a topic from its beginning to its end offsets (compacted state, shadow results, control)."""
+"""Reading a topic from its beginning to its end offsets (compacted state, shadow results, control),
+or chosen offset ranges of its partitions (dead letters)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.records import Record
-from transport.seams import Reader
+from transport.seams import RangeReader, Reader
 
 Ending = Literal["end", "idle", "missing"]
+Ranges = dict[int, tuple[int, int]]  # partition -> (first offset, end offset), the end excluded
 
 
 class TopicReader(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no type hints
@@ -70,3 +72,53 @@ async def behind(reader: Reader, ends: dict[TopicPartition, int]) -> bool:
         if await reader.position(tp) < end:
             return True
     return False
+
+
+async def offset_ranges(reader: RangeReader, topic: str) -> Ranges:
+    """Each partition's (beginning, end) offsets as of now; empty when `topic` does not exist.
+
+    With `isolation_level="read_committed"` the end is the last stable offset: no open
+    transaction's records are inside a range.
+    """
+    partitions = [TopicPartition(topic, p) for p in sorted(await reader.partitions_of(topic))]
+    if not partitions:
+        return {}
+    begins = await reader.beginning_offsets(partitions)
+    ends = await reader.end_offsets(partitions)
+    return {tp.partition: (begins[tp], ends[tp]) for tp in partitions}
+
+
+async def read_range(
+    reader: RangeReader,
+    topic: str,
+    ranges: Ranges,
+    on_records: Callable[[Sequence[Record]], None],
+    *,
+    idle_s: float | None = None,
+) -> Ending:
+    """Read offsets `[first, end)` of each partition in `ranges`; each fetched batch goes to `on_records`.
+
+    A partition is paused once read to its end. Returns "end" once every range is read, "idle"
+    if `idle_s` seconds pass without a record (offsets a reader may not see, such as those of
+    aborted transactions or compacted away, are skipped by the fetch, so "end" is the rule).
+    """
+    wanted = {TopicPartition(topic, p): (first, end) for p, (first, end) in ranges.items() if first < end}
+    if not wanted:
+        return "end"
+    reader.assign(list(wanted))
+    for tp, (first, _) in wanted.items():
+        reader.seek(tp, first)
+    ends = {tp: end for tp, (_, end) in wanted.items()}
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while await behind(reader, ends):
+        if idle_s is not None and loop.time() - last >= idle_s:
+            return "idle"
+        fetched = await reader.getmany(timeout_ms=200)
+        for tp, records in fetched.items():
+            on_records([r for r in records if r.offset < ends[tp]])
+            if await reader.position(tp) >= ends[tp]:
+                reader.pause(tp)
+        if fetched:
+            last = loop.time()
+    return "end"

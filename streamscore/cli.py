@@ -1,4 +1,4 @@
-"""The `streamscore` command: `worker`, `produce`, `collect`, `model`, `broker`.
+"""The `streamscore` command: `worker`, `produce`, `collect`, `dlq`, `model`, `broker`.
 
 This is the edge: the only module that reads `os.environ`. It builds each subcommand's parser
 from the module that carries the subcommand out, gives the client commands their connection
@@ -17,6 +17,7 @@ from typing import Any
 from broker import cli as broker_cli
 from producer import cli as producer_cli
 from producer import collect as collect_cli
+from producer import dlq_cli
 from registry import cli as registry_cli
 from registry.settings import RegistrySettings
 from schemas.config import from_sources
@@ -28,7 +29,7 @@ from worker import cli as worker_cli
 
 @dataclass(frozen=True)
 class ClientEnvironment(Connection):
-    """What `produce` and `collect` take from the worker's environment variables."""
+    """What `produce`, `collect` and `dlq` take from the worker's environment variables."""
 
     input_topic: str = DEFAULT_INPUT_TOPIC
     results_topic: str = DEFAULT_RESULTS_TOPIC
@@ -50,6 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
         dead_letter_topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic),
         **connection,
     )
+    for dlq_parser in dlq_cli.add_parser(commands):
+        dlq_parser.set_defaults(topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic), **connection)
     broker_cli.add_parser(commands)
     registry_cli.add_parser(commands)
     return parser
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": run_model,
         "produce": producer_cli.run,
         "collect": collect_cli.run,
+        "dlq": dlq_cli.run,
         "broker": broker_cli.run,
     }
     try:

@@ -23,13 +23,15 @@ class TopicReader(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no ty
         super().__init__(**options, group_id=None, enable_auto_commit=False, **extra)
 
     async def partitions_of(self, topic: str) -> set[int]:
-        """The partitions of `topic`; empty when it does not exist."""
-        if topic not in await self.topics():
-            return set()
-        # The one private call: topics() does not fill the client's partition cache, and aiokafka
-        # has no public way to load the metadata of a topic that is neither subscribed nor assigned.
-        await self._client.force_metadata_update()
-        return set(self.partitions_for_topic(topic) or ())
+        """The partitions of `topic` as the cluster has them now; empty when it does not exist.
+
+        Any topic, not only those assigned: a replay asks about its target topics after assigning
+        the dead-letter topic, when the client's own metadata tracks only that one.
+        """
+        # The one private call: aiokafka has no public way to read the metadata of a topic that is
+        # neither subscribed nor assigned (topics() fetches the same metadata, keeps only the names).
+        cluster = await self._client.fetch_all_metadata()
+        return set(cluster.partitions_for_topic(topic) or ())
 
 
 async def read_to_end(

@@ -27,7 +27,7 @@ from schemas.topics import DEFAULT_INPUT_TOPIC, dead_letter_topic_of
 from transport.connection import DEFAULT_BOOTSTRAP_SERVERS, Connection, start_client
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from transport.reading import TopicReader, offset_ranges, read_range
-from transport.seams import Producer, RangeReader
+from transport.seams import RangeReader, Transactional
 
 DEFAULT_DEAD_LETTER_TOPIC = dead_letter_topic_of(DEFAULT_INPUT_TOPIC)
 OnProgress = Callable[[int, int], None] | None  # (dead letters read, offsets to read)
@@ -149,15 +149,12 @@ async def inspect(
 # replay
 
 
-class ReplayProducer(Producer, Protocol):
+class ReplayProducer(Transactional, Protocol):
     """The part of `AIOKafkaProducer` a replay uses: sends, a batch for a record with neither
     key nor value (which `send` refuses), and transactions."""
 
     def create_batch(self) -> Any: ...
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]: ...
-    async def begin_transaction(self) -> None: ...
-    async def commit_transaction(self) -> None: ...
-    async def abort_transaction(self) -> None: ...
 
 
 async def plan_replay(

@@ -17,6 +17,9 @@ from transport.seams import Client
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# What a producer promises: each record acknowledged (acks=all, idempotent), or its records in transactions
+AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
+GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,17 @@ class Producer(Client, Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
-class TransactionalProducer(Producer, Protocol):
-    """A producer with a transactional id: sends, and the consumer's offsets, committed together or not at all."""
+class Transactional(Producer, Protocol):
+    """A producer with a transactional id: what it sends in a transaction is committed together or not at all."""
 
     async def begin_transaction(self) -> None: ...
     async def commit_transaction(self) -> None: ...
     async def abort_transaction(self) -> None: ...
+
+
+class TransactionalProducer(Transactional, Protocol):
+    """A transactional producer that also commits a consumer's offsets in its transaction."""
+
     async def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None: ...
 
 

@@ -30,7 +30,7 @@ from schemas.topics import (
     shadow_topic_of,
     status_topic_of,
 )
-from transport.connection import Connection
+from transport.connection import AT_LEAST_ONCE, EXACTLY_ONCE, GUARANTEES, Connection
 
 DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
@@ -45,7 +45,6 @@ DEFAULT_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_RETRY_ATTEMPTS = 5
 DEFAULT_RETRY_MAX_S = 30.0
 DEFAULT_INFERENCE_TIMEOUT_S = 60.0
-GUARANTEES = ("at-least-once", "exactly-once")
 DEFAULT_COMPRESSION = "zstd"  # chosen by `python -m bench.compression`: smallest, no slower (bench/README.md)
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
@@ -83,7 +82,7 @@ class Settings(Connection):
     correlation_headers: tuple[str, ...] = DEFAULT_CORRELATION_HEADERS
     request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS  # one Kafka request, metadata included
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS  # a silent worker leaves the group after this
-    guarantee: str = "at-least-once"  # or exactly-once: results, dead letters and offsets in one transaction
+    guarantee: str = AT_LEAST_ONCE  # or exactly-once: results, dead letters and offsets in one transaction
     transactional_id_prefix: str = ""  # exactly-once: <prefix>-<topic>-<partition>; empty: the group id
     compression: str = DEFAULT_COMPRESSION  # of results and dead letters: none, gzip, snappy, lz4, zstd
     # Retry topics: records that may succeed later (worker/retrytopics.py); no delays: none
@@ -164,7 +163,7 @@ class Settings(Connection):
     @property
     def exactly_once(self) -> bool:
         """Whether results, dead letters and input offsets go out in transactions."""
-        return self.guarantee == "exactly-once"
+        return self.guarantee == EXACTLY_ONCE
 
     def transactional_id(self, topic: str, partition: int) -> str:
         """The transactional id of the producer of one input partition (the same on every worker)."""

@@ -8,8 +8,9 @@ model version and hour, and `--show K` dead letters decoded. `replay` sends each
 letter's original key, value and headers back to its original topic (or `--to`), with the
 dead-letter headers dropped and `streamscore-replay-count` added; it skips a dead letter that
 lacks part of its original, refuses one replayed `--max-replays` times already, and returns once
-the broker acknowledged every record (an idempotent producer, acks=all). With
-`--transactional-id` (or `--transactional`) the replay is one transaction: all or nothing.
+the broker acknowledged every record (an idempotent producer, acks=all). With `--guarantee
+exactly-once` (or STREAMSCORE_GUARANTEE=exactly-once, or `--transactional-id`) the replay is one
+transaction: all or nothing.
 
 Exit codes: 0 done (every record sent was acknowledged), 1 a broker failure or a record not
 acknowledged, 2 bad input (flags, a missing topic).
@@ -31,10 +32,10 @@ from producer.dlq import DEFAULT_MAX_REPLAYS, Filters, parse_offsets, parse_time
 from producer.dlq_kafka import DEFAULT_DEAD_LETTER_TOPIC, ReplayOptions, Source, inspect, replay
 from producer.dlq_report import describe_failures, inspect_json, render_counts, render_letter, render_outcome
 from schemas.errors import ConfigError, TransientError
-from transport.connection import DEFAULT_BOOTSTRAP_SERVERS
+from transport.connection import AT_LEAST_ONCE, DEFAULT_BOOTSTRAP_SERVERS, EXACTLY_ONCE, GUARANTEES
 
 PROG = "streamscore dlq"
-TRANSACTIONAL_ID_PREFIX = "streamscore-dlq-replay."  # --transactional: one id per dead-letter topic
+DEFAULT_TRANSACTIONAL_ID_PREFIX = "streamscore"  # when STREAMSCORE_TRANSACTIONAL_ID_PREFIX is empty
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
 
@@ -65,9 +66,21 @@ def source_from_args(args: argparse.Namespace) -> Source:
 
 
 def replay_options_from_args(args: argparse.Namespace) -> ReplayOptions:
-    """How `replay` sends, from its flags (`--transactional`: the id `streamscore-dlq-replay.<topic>`)."""
-    default_id = TRANSACTIONAL_ID_PREFIX + args.topic if args.transactional else None
-    return ReplayOptions(args.to, args.dry_run, args.max_replays, args.transactional_id or default_id)
+    """How `replay` sends, from its flags: exactly-once in a transaction named by --transactional-id,
+    else `<prefix>-dlq-replay-<dead-letter topic>`; a ConfigError for a guarantee that does not exist."""
+    if args.guarantee not in GUARANTEES:
+        raise ConfigError(f"STREAMSCORE_GUARANTEE must be {' or '.join(GUARANTEES)}, not {args.guarantee!r}")
+    transactional_id = args.transactional_id
+    if transactional_id is None and args.guarantee == EXACTLY_ONCE:
+        transactional_id = replay_transactional_id(args.transactional_id_prefix, args.topic)
+    return ReplayOptions(args.to, args.dry_run, args.max_replays, transactional_id)
+
+
+def replay_transactional_id(prefix: str, dead_letter_topic: str) -> str:
+    """One id per dead-letter topic, never a worker's (`<prefix>-<input topic>-<partition>`): a second
+    replay of the topic fences the first, and a replay that died mid-transaction is aborted by the next
+    one's start rather than at the broker's transaction timeout."""
+    return f"{prefix or DEFAULT_TRANSACTIONAL_ID_PREFIX}-dlq-replay-{dead_letter_topic}"
 
 
 class ReadProgress:
@@ -120,8 +133,14 @@ def add_parser(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.Argum
     add("--to", help="send to this topic instead of each dead letter's original topic")
     add("--dry-run", action="store_true", help="read and decide, send nothing")
     add("--max-replays", type=positive_int, default=DEFAULT_MAX_REPLAYS, help="refuse records replayed N times")
-    add("--transactional-id", help="replay in one Kafka transaction with this id: all records or none")
-    add("--transactional", action="store_true", help=f"as --transactional-id {TRANSACTIONAL_ID_PREFIX}<topic>")
+    add(
+        "--guarantee",
+        choices=GUARANTEES,
+        help="at-least-once: each record acknowledged; exactly-once: one transaction, all or none "
+        "(default: %(default)s, as STREAMSCORE_GUARANTEE)",
+    )
+    add("--transactional-id", help="the exactly-once replay's transactional id (implies --guarantee exactly-once)")
+    replay_parser.set_defaults(guarantee=AT_LEAST_ONCE, transactional_id_prefix="")  # the environment's, if set
     return inspect_parser, replay_parser
 
 

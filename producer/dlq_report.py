@@ -279,7 +279,7 @@ def describe_failures(outcome: Outcome, transactional_id: str | None) -> str:
     return (
         f"{len(failed)} of {total} records were not acknowledged and may not have been replayed: "
         f"{named}{more}. The other {total - len(failed)} were. Retry one with --partition P --offsets O, "
-        "or use --transactional-id for all or nothing"
+        "or use --guarantee exactly-once for all or nothing"
     )
 
 

@@ -23,17 +23,19 @@ from registry.settings import RegistrySettings
 from schemas.config import from_sources
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from schemas.topics import DEFAULT_INPUT_TOPIC, DEFAULT_RESULTS_TOPIC, dead_letter_topic_of
-from transport.connection import CONNECTION_FIELDS, Connection
+from transport.connection import AT_LEAST_ONCE, CONNECTION_FIELDS, Connection
 from worker import cli as worker_cli
 
 
 @dataclass(frozen=True)
 class ClientEnvironment(Connection):
-    """What `produce`, `collect` and `dlq` take from the worker's environment variables."""
+    """What `produce`, `collect` and `dlq` take from the worker's environment variables (`dlq replay` its guarantee)."""
 
     input_topic: str = DEFAULT_INPUT_TOPIC
     results_topic: str = DEFAULT_RESULTS_TOPIC
     dead_letter_topic: str = ""  # empty: "<input_topic>.DLT"
+    guarantee: str = AT_LEAST_ONCE  # of `dlq replay`: exactly-once sends it in one transaction
+    transactional_id_prefix: str = ""
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -51,8 +53,10 @@ def make_parser() -> argparse.ArgumentParser:
         dead_letter_topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic),
         **connection,
     )
-    for dlq_parser in dlq_cli.add_parser(commands):
+    dlq_parsers = dlq_cli.add_parser(commands)
+    for dlq_parser in dlq_parsers:
         dlq_parser.set_defaults(topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic), **connection)
+    dlq_parsers[1].set_defaults(guarantee=env.guarantee, transactional_id_prefix=env.transactional_id_prefix)
     broker_cli.add_parser(commands)
     registry_cli.add_parser(commands)
     return parser

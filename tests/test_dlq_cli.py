@@ -257,11 +257,11 @@ def test_the_dead_letter_topic_follows_the_input_topic_of_the_environment(monkey
 
 
 def test_the_flags_become_filters_and_options() -> None:
-    """Repeated --stage values are any of; times are epoch ms; --transactional names a per-topic id."""
+    """Repeated --stage values are any of; times are epoch ms; exactly-once names a per-topic transactional id."""
     args = parse(
         "dlq", "replay", "--topic", "t.DLT", "--stage", "decode", "--stage", "validate", "--error", "DecodeError",
         "--model", "mlp", "--model-version", "2", "--since", "2025-12-02T14:00Z", "--until", "1764691200000",
-        "--partition", "1", "--offsets", "4-", "--transactional", "--max-replays", "5",
+        "--partition", "1", "--offsets", "4-", "--guarantee", "exactly-once", "--max-replays", "5",
     )  # fmt: skip
 
     source, options = source_from_args(args), replay_options_from_args(args)
@@ -271,7 +271,32 @@ def test_the_flags_become_filters_and_options() -> None:
         1_764_691_200_000, 1, (4, None),
     )  # fmt: skip
     assert expected == source.filters
-    assert ReplayOptions(None, False, 5, "streamscore-dlq-replay.t.DLT") == options
+    assert ReplayOptions(None, False, 5, "streamscore-dlq-replay-t.DLT") == options
+
+
+def test_the_guarantee_of_a_replay_follows_the_environment_and_the_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STREAMSCORE_GUARANTEE=exactly-once makes a replay transactional, its id under
+    STREAMSCORE_TRANSACTIONAL_ID_PREFIX; --guarantee at-least-once turns it off, --transactional-id names it."""
+    idempotent = replay_options_from_args(parse("dlq", "replay")).transactional_id
+    named = replay_options_from_args(parse("dlq", "replay", "--transactional-id", "mine")).transactional_id
+    monkeypatch.setenv("STREAMSCORE_GUARANTEE", "exactly-once")
+    monkeypatch.setenv("STREAMSCORE_TRANSACTIONAL_ID_PREFIX", "acme")
+
+    from_environment = replay_options_from_args(parse("dlq", "replay")).transactional_id
+    overridden = replay_options_from_args(parse("dlq", "replay", "--guarantee", "at-least-once")).transactional_id
+
+    assert (None, "mine") == (idempotent, named)
+    assert ("acme-dlq-replay-streamscore.requests.DLT", None) == (from_environment, overridden)
+
+
+def test_a_guarantee_that_does_not_exist_exits_2_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad STREAMSCORE_GUARANTEE is refused before connecting to anything (argparse checks only the flag)."""
+    monkeypatch.setenv("STREAMSCORE_GUARANTEE", "exactly-twice")
+
+    assert 2 == run(parse("dlq", "replay", "--bootstrap-servers", "127.0.0.1:1"))
+    assert "STREAMSCORE_GUARANTEE must be at-least-once or exactly-once, not 'exactly-twice'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -61,16 +61,25 @@ async def _send(producer: AIOKafkaProducer, topic: str, r: Out) -> asyncio.Futur
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expect: int | None = None, idle_s: float = 2.0, timeout_s: float = 60.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    idle_s: float = 2.0,
+    timeout_s: float = 60.0,
+    isolation_level: str = "read_committed",
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic` from the start: until `expect` are read, or nothing comes for `idle_s`."""
+    """Every record of `topic` from the start: until `expect` are read, or nothing comes for `idle_s`.
+
+    `isolation_level="read_uncommitted"` reads the records of aborted transactions too.
+    """
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        isolation_level="read_committed",
+        isolation_level=isolation_level,
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord
 
 from demo.models import install_model, make_failing_model, make_mlp
@@ -20,6 +22,8 @@ from tests.conftest import MakeTopics
 from tests.factories import make_record
 from tests.harness import Out, end_offsets, produce, read_topic, run_burst
 from transport.admin import create_topics
+from transport.connection import Connection
+from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
 from worker.deadletter import dead_letter_headers
 from worker.settings import Settings
 
@@ -102,6 +106,22 @@ async def dead_letters_of(settings: Settings, records: list[Out]) -> list[Consum
     await produce(settings.bootstrap_servers, settings.input_topic, interleaved)
     assert 0 == await run_burst(settings)
     return await read_topic(settings.bootstrap_servers, settings.dead_letter_topic, expect=len(records))
+
+
+async def set_max_message_bytes(bootstrap: str, topic: str, limit: int) -> None:
+    """Set `topic`'s max.message.bytes, and wait until the broker describes it so."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})]
+        )
+        assert all(resource[0] == 0 for resource in response.resources), response
+    finally:
+        await admin.close()
+    async with asyncio.timeout(30):
+        while (await topic_limits(Connection(bootstrap), [topic]))[topic] != limit:
+            await asyncio.sleep(0.1)
 
 
 def replayed(records: list[Consumed], count: int) -> dict[bytes | None, Consumed]:
@@ -188,33 +208,83 @@ async def test_replay_sends_originals_back_byte_for_byte_counts_each_replay_and_
     assert before == await end_offsets(settings.bootstrap_servers, settings.input_topic, 2)
 
 
-async def test_a_transactional_replay_is_all_or_nothing(
-    kafka_bootstrap: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+async def test_an_at_least_once_replay_writes_exactly_the_selected_records_and_refuses_one_at_the_cap(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Step by step: four dead letters, one of them 5 kB. A transactional replay --to a topic that takes
-    3 kB fails on that one: exit 1, the transaction aborted, read_committed sees none of the four.
-    The same replay to the original topic commits: read_committed sees all four, and inspect reads
-    that topic (its transaction markers included) to its end."""
-    large = Out(b"large", request([1, 8], [0.0] * 8, "large") + b" " * 5000, partition=0)
-    small = [BAD[name][0] for name in ("not-json", "wrong-shape", "unknown-version")]
-    dead = await dead_letters_of(settings, [*small, large])
-    [large_at] = [d.offset for d in dead if d.key == b"large"]
-    narrow = f"{settings.input_topic}-narrow"
-    await create_topics(kafka_bootstrap, [narrow], 1, configs={"max.message.bytes": "3000"})
+    """Six dead letters, four of stage decode, one of those replayed 3 times already and one twice: a replay
+    of --stage decode writes three records to the input topic and nothing else (no transaction markers
+    either), each to its original partition with its key, value and original headers byte for byte, the
+    old count dropped and streamscore-replay-count added; the one at the cap (3) is refused and named."""
+    capped = Out(b"capped", b"\x01capped", [CUSTOM, (h.REPLAY_COUNT, b"3")], partition=1)
+    twice = Out(b"twice", b"\x01twice", [(h.REPLAY_COUNT, b"2"), CUSTOM], partition=0)
+    others = [BAD[name][0] for name in ("not-json", "tombstone", "wrong-shape", "unknown-version")]
+    dead = await dead_letters_of(settings, [*others, capped, twice])
+    [capped_at] = [d.offset for d in dead if d.key == b"capped"]
+    before = await end_offsets(settings.bootstrap_servers, settings.input_topic, 2)
     capsys.readouterr()
 
-    assert 1 == await run_dlq(settings, "replay", "--to", narrow, "--transactional-id", "replay-test")
+    assert 0 == await run_dlq(settings, "replay", "--stage", "decode", "--guarantee", "at-least-once")
+
+    summary = capsys.readouterr().out
+    after = await end_offsets(settings.bootstrap_servers, settings.input_topic, 2)
+    records = await read_topic(settings.bootstrap_servers, settings.input_topic, expect=12 + 3)
+    written = [r for r in records if r.offset >= before[r.partition]]
+    expected = {
+        b"not-json": (0, b"\x00\xffnot json", [CUSTOM, (h.REPLAY_COUNT, b"1")]),
+        None: (1, None, [CUSTOM, (h.REPLAY_COUNT, b"1")]),
+        b"twice": (0, b"\x01twice", [CUSTOM, (h.REPLAY_COUNT, b"3")]),
+    }
+    assert expected == {r.key: (r.partition, r.value, list(r.headers)) for r in written}
+    assert ({0: 2, 1: 1}, 3) == ({p: after[p] - before[p] for p in after}, len(written))
+    assert summary.startswith(
+        "replayed 3, skipped (not all in the dead letter) 0, refused (replayed 3 times already) 1"
+    )
+    assert f"{settings.dead_letter_topic}[0]@{capped_at}: replayed 3 times already (--max-replays 3)" in summary
+
+
+async def test_an_exactly_once_replay_that_fails_part_way_is_aborted_and_a_retry_commits_all(
+    kafka_bootstrap: str, settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step by step: a worker dead-letters two small records of input partition 0 and, of partition 1, one
+    small and one of 5 kB. The input topic is then narrowed to 3 kB. A replay --guarantee exactly-once:
+    partition 0's batch is accepted, partition 1's refused, so the command exits 1 naming the large one
+    and aborts. read_uncommitted shows partition 0's replays were written; read_committed shows none.
+    With the limit back and STREAMSCORE_GUARANTEE=exactly-once, the same replay commits all four, each
+    partition ending with a commit marker, and inspect reads past the aborted records to the end."""
+    large = Out(b"large", request([1, 8], [0.0] * 8, "large") + b" " * 5000, partition=1)
+    small = [BAD[name][0] for name in ("not-json", "unknown-version", "wrong-shape")]  # partitions 0, 0, 1
+    dead = await dead_letters_of(settings, [*small, large])
+    [large_at] = [d.offset for d in dead if d.key == b"large"]
+    await set_max_message_bytes(kafka_bootstrap, settings.input_topic, 3000)
+    capsys.readouterr()
+
+    assert 1 == await run_dlq(settings, "replay", "--guarantee", "exactly-once")
 
     error = capsys.readouterr().err
-    # one record too large fails its whole batch: how many of the four share it is the client's choice
-    assert re.search(r"transaction replay-test aborted \([1-4] of 4 records failed\): nothing was replayed", error)
-    assert f"{settings.dead_letter_topic}[0]@{large_at} -> {narrow}: MessageSizeTooLargeError" in error
-    assert [] == await read_topic(kafka_bootstrap, narrow, idle_s=1.0)
+    uncommitted = await read_topic(
+        kafka_bootstrap, settings.input_topic, expect=8 + 2, isolation_level="read_uncommitted"
+    )
+    committed = await read_topic(kafka_bootstrap, settings.input_topic, idle_s=1.0)
+    transaction = f"streamscore-dlq-replay-{settings.dead_letter_topic}"
+    # whether wrong-shape shares the large one's batch of partition 1 is the client's choice
+    assert re.search(rf"transaction {re.escape(transaction)} aborted \([1-2] of 4 records failed\): nothing", error)
+    assert f"{settings.dead_letter_topic}[0]@{large_at} -> {settings.input_topic}: MessageSizeTooLargeError" in error
+    assert (
+        {b"not-json", b"unknown-version"}
+        <= set(replayed(uncommitted, 1))
+        <= {b"not-json", b"unknown-version", b"wrong-shape"}
+    )
+    assert ({}, 8) == (replayed(committed, 1), len(committed))
 
-    assert 0 == await run_dlq(settings, "replay", "--transactional-id", "replay-test")
+    await set_max_message_bytes(kafka_bootstrap, settings.input_topic, DEFAULT_MAX_MESSAGE_BYTES)
+    monkeypatch.setenv("STREAMSCORE_GUARANTEE", "exactly-once")
+    before = await end_offsets(kafka_bootstrap, settings.input_topic, 2)
+    assert 0 == await run_dlq(settings, "replay")
 
-    committed = replayed(await read_topic(kafka_bootstrap, settings.input_topic, expect=8 + 4), 1)
-    assert {out.key for out in [*small, large]} == set(committed)
+    after = await end_offsets(kafka_bootstrap, settings.input_topic, 2)
+    records = await read_topic(kafka_bootstrap, settings.input_topic, expect=8 + 4)
+    assert ({out.key for out in [*small, large]}, 12) == (set(replayed(records, 1)), len(records))
+    assert {0: 2 + 1, 1: 2 + 1} == {p: after[p] - before[p] for p in after}  # two records and a commit marker
     capsys.readouterr()
     assert 0 == await run_dlq(settings, "inspect", "--topic", settings.input_topic)
     assert f"{settings.input_topic}: 12 dead letters read (all 2 partitions), 12 selected" in capsys.readouterr().out

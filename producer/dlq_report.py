@@ -250,7 +250,7 @@ def render_outcome(outcome: Outcome, *, dry_run: bool, max_replays: int) -> str:
     replayed = plan.replays if dry_run else outcome.replayed
     lines = [
         f"{verb} {len(replayed)}, skipped (not all in the dead letter) {len(plan.skipped)}, "
-        f"refused (replayed {max_replays} times already) {len(plan.refused)}"
+        f"refused (replayed {_times(max_replays)} already) {len(plan.refused)}"
     ]
     rows = [(topic, *counts) for topic, counts in _tabulated(outcome, dry_run).items()]
     if rows:
@@ -305,12 +305,16 @@ def describe_skip(skip: Skip) -> str:
     )
 
 
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
 def describe_refusal(refusal: Refuse, max_replays: int) -> str:
     """Why a dead letter was refused."""
     letter = refusal.letter
     if refusal.count is None:
         return f"{letter.position}: its {h.REPLAY_COUNT} header is not a count; fix the cause, then produce it anew"
     return (
-        f"{letter.position}: replayed {refusal.count} times already (--max-replays {max_replays}); "
+        f"{letter.position}: replayed {_times(refusal.count)} already (--max-replays {max_replays}); "
         "fix the cause, or raise --max-replays"
     )

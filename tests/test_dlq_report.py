@@ -237,6 +237,9 @@ def test_the_replay_summary_counts_by_original_topic_and_says_how_to_fetch_what_
         "kafka-console-consumer.sh --topic requests --partition 3 --offset 41 --max-messages 1"
     ) in text
     assert "requests.DLT[0]@3: replayed 3 times already (--max-replays 3)" in text
+    assert render_outcome(Outcome(_plan()), dry_run=False, max_replays=1).startswith(
+        "replayed 2, skipped (not all in the dead letter) 1, refused (replayed once already) 1"
+    )
 
 
 def test_a_dry_run_says_what_it_would_replay() -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from schemas import headers as h
 from schemas.records import Record
+from schemas.topics import retried_topic_of
 from transport.reading import Ranges
 
 Header = tuple[str, bytes]
@@ -130,6 +131,13 @@ class DeadLetter:
     def tombstone(self) -> bool:
         """The original value was null (written as empty bytes, as a record needs a key or a value)."""
         return self.added(h.DLT_TOMBSTONE) is not None
+
+    def retried_topic(self) -> str | None:
+        """The input topic, when the original was read from one of its retry topics (its last attempt):
+        the topic is named `<input>-retry-<delay ms>` and the record carries `retry_topic-attempts`."""
+        if self.original_topic is None or all(k != h.RETRY_ATTEMPTS for k, _ in self.original_headers):
+            return None
+        return retried_topic_of(self.original_topic)
 
     def replay_count(self) -> int | None:
         """How often the original was replayed before: 0 without the header, None if it is not a count."""
@@ -278,12 +286,16 @@ def decide(letter: DeadLetter, *, to: str | None = None, max_replays: int = DEFA
         return Refuse(letter, count)
     if letter.omitted:
         return Skip(letter, f"{letter.omitted[0]} omitted")
-    topic = to or letter.original_topic
+    retried = letter.retried_topic()
+    topic = to or retried or letter.original_topic
     if not topic:
         return Skip(letter, "no original topic")
     partition = letter.original_partition if topic == letter.original_topic else None
     value = None if letter.tombstone else letter.value
-    headers = replayed_headers(letter.original_headers, count + 1)
+    original = letter.original_headers
+    if retried is not None:  # the worker's retry bookkeeping, not the request's: the replay starts afresh
+        original = tuple((k, v) for k, v in original if k not in h.RETRY_HEADERS)
+    headers = replayed_headers(original, count + 1)
     return Replay(letter, topic, partition, letter.key, value, headers, count + 1)
 
 

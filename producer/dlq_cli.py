@@ -6,7 +6,8 @@ Both read the topic (default `<input>.DLT`) up to its end offsets as of the star
 `--offsets A-B` (of the dead-letter topic). `inspect` prints counts by stage, error class,
 model version and hour, and `--show K` dead letters decoded. `replay` sends each selected dead
 letter's original key, value and headers back to its original topic (or `--to`), with the
-dead-letter headers dropped and `streamscore-replay-count` added; it skips a dead letter that
+dead-letter headers dropped and `streamscore-replay-count` added (a record dead-lettered from a retry
+topic goes back to its input topic, its retry headers dropped); it skips a dead letter that
 lacks part of its original, refuses one replayed `--max-replays` times already, and returns once
 the broker acknowledged every record (an idempotent producer, acks=all). With `--guarantee
 exactly-once` (or STREAMSCORE_GUARANTEE=exactly-once, or `--transactional-id`) the replay is one

@@ -34,3 +34,9 @@ def status_topic_of(control_topic: str) -> str:
 def retry_topic_of(input_topic: str, delay_ms: int) -> str:
     """The retry topic of an input topic for one delay: `<input>-retry-<delay ms>`, as Spring Kafka names it."""
     return f"{input_topic}{RETRY_INFIX}{delay_ms}"
+
+
+def retried_topic_of(topic: str) -> str | None:
+    """The input topic `topic` is a retry topic of (`<input>-retry-<delay ms>` -> `<input>`); None if it is not one."""
+    stem, infix, delay = topic.rpartition(RETRY_INFIX)
+    return stem if infix and stem and delay.isdigit() else None

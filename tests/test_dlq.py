@@ -45,9 +45,10 @@ def dead_letter(
     limit: int = 1_048_588,
     at: tuple[int, int] = (0, 0),
     timestamp: int = WRITTEN_AT,
+    topic: str = "requests",
 ) -> DeadLetter:
-    """A dead letter as the worker writes it (its headers and `fit`), of requests[3]@41, read at `at` of the DLT."""
-    original = make_record(value, topic="requests", partition=3, offset=41, key=key, headers=headers)
+    """A dead letter as the worker writes it (its headers and `fit`), of <topic>[3]@41, read at `at` of the DLT."""
+    original = make_record(value, topic=topic, partition=3, offset=41, key=key, headers=headers)
     added = dead_letter_headers(
         original,
         error or ValidationError("input 'x': shape [1, 7]"),
@@ -335,6 +336,50 @@ def test_to_sends_elsewhere_and_leaves_the_partition_to_the_partitioner() -> Non
 
     assert isinstance(replay, Replay)
     assert ("requests-again", None) == (replay.topic, replay.partition)
+
+
+RETRIED = (
+    (h.RETRY_ATTEMPTS, h.encode_int(3)),
+    (h.RETRY_ORIGINAL_TIMESTAMP, h.encode_big_integer(WRITTEN_AT - 70_000)),
+    (h.RETRY_BACKOFF_TIMESTAMP, h.encode_big_integer(WRITTEN_AT - 1_000)),
+    (h.RETRY_ERROR, b"InferenceTimeout: slow"),
+)
+
+
+def test_a_dead_letter_of_a_last_retry_goes_back_to_the_input_topic_as_first_sent() -> None:
+    """Read from requests-retry-10000 after its last attempt: the replay goes to requests (the partitioner
+    chooses, as for the first send), without the worker's retry_topic-* headers, counted 1."""
+    letter = dead_letter(topic="requests-retry-10000", headers=(*OWN, *RETRIED))
+
+    replay = decide(letter)
+
+    assert Replay(letter, "requests", None, b"r1", letter.value, (*OWN, (h.REPLAY_COUNT, b"1")), 1) == replay
+
+
+@pytest.mark.parametrize(
+    ("topic", "headers"),
+    [
+        pytest.param("requests-retry-10000", OWN, id="no-retry-attempts-header"),
+        pytest.param("requests-retry-soon", (*OWN, *RETRIED), id="not-a-delay"),
+        pytest.param("-retry-10", (*OWN, *RETRIED), id="no-input-name"),
+    ],
+)
+def test_a_topic_that_only_looks_like_a_retry_topic_is_replayed_to_itself(
+    topic: str, headers: tuple[tuple[str, bytes], ...]
+) -> None:
+    """Only a `<input>-retry-<ms>` topic whose record carries retry_topic-attempts is a retry topic."""
+    replay = decide(dead_letter(topic=topic, headers=headers))
+
+    assert isinstance(replay, Replay)
+    assert (topic, 3, (*headers, (h.REPLAY_COUNT, b"1"))) == (replay.topic, replay.partition, replay.headers)
+
+
+def test_to_wins_over_the_input_topic_of_a_retry_and_the_retry_headers_still_go() -> None:
+    """--to names the topic whatever the dead letter came from."""
+    replay = decide(dead_letter(topic="requests-retry-10000", headers=(*OWN, *RETRIED)), to="elsewhere")
+
+    assert isinstance(replay, Replay)
+    assert ("elsewhere", None, (*OWN, (h.REPLAY_COUNT, b"1"))) == (replay.topic, replay.partition, replay.headers)
 
 
 def test_a_dead_letter_without_an_original_topic_needs_to() -> None:

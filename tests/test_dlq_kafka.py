@@ -20,7 +20,7 @@ from schemas.codec import encode_request
 from streamscore.cli import main as cli
 from tests.conftest import MakeTopics
 from tests.factories import make_record
-from tests.harness import Out, end_offsets, produce, read_topic, run_burst
+from tests.harness import Out, end_offsets, produce, read_topic, responses, run_burst
 from transport.admin import create_topics
 from transport.connection import Connection
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
@@ -314,3 +314,42 @@ async def test_a_replay_without_a_transaction_names_what_was_not_acknowledged(
     assert f"{dead}[0]@1 -> {target}: MessageSizeTooLargeError" in err
     assert out.startswith("replayed 2, ")
     assert [b"a", b"c"] == [r.value for r in await read_topic(kafka_bootstrap, target, expect=2)]
+
+
+async def test_a_dead_letter_of_a_last_retry_goes_back_to_the_input_topic_and_is_scored_once_its_version_is_there(
+    kafka_bootstrap: str, make_topics: MakeTopics, tmp_path: Path, unique_group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step by step: a request pins mlp version 2, which the worker does not have: it waits on the 200 ms retry
+    topic, fails again and is dead-lettered from there. Version 2 is installed; the replay sends it to the
+    input topic (not the retry topic) with its own headers and the count, Spring's retry headers dropped,
+    and the next worker scores it with version 2."""
+    names = await make_topics("in", "out", "in.DLT", "in-retry-200", partitions=2)
+    root = tmp_path / "models"
+    install_model(root, "mlp", "1", make_mlp)
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        input_topic=names[0],
+        results_topic=names[1],
+        group_id=unique_group,
+        control_topic="",
+        model_root=str(root),
+        model_name="mlp",
+        retry_topic_delays_ms=("200",),
+        log_format="console",
+    )
+    own = [("traceparent", b"00-1"), (h.MODEL_VERSION, b"2")]
+    await produce(kafka_bootstrap, names[0], [Out(b"late", good(1), own)])
+    assert 0 == await run_burst(settings)
+    [letter] = await read_topic(kafka_bootstrap, names[2], expect=1)
+    assert names[3].encode() == dict(letter.headers)[h.DLT_ORIGINAL_TOPIC]
+    install_model(root, "mlp", "2", make_mlp, seed=2)
+    capsys.readouterr()
+
+    assert 0 == await dlq(kafka_bootstrap, names[2], "replay")
+
+    assert capsys.readouterr().out.startswith("replayed 1, ")
+    [_, back] = await read_topic(kafka_bootstrap, names[0], expect=2)
+    assert (b"late", good(1), [*own, (h.REPLAY_COUNT, b"1")]) == (back.key, back.value, list(back.headers))
+    assert 0 == await run_burst(settings)
+    [result] = responses(await read_topic(kafka_bootstrap, names[1], expect=1))
+    assert ("ok-1", "2") == (result.id, result.model_version)

@@ -75,6 +75,8 @@ class Worker:
         self.scoring = ScoreLoop(settings, self.executor, self._send, clock, self.observer)
         self.stopping = False
         self.fatal: FatalError | None = None
+        self._stuck = 0  # records whose outcome was refused for good: never acknowledged
+        self._crashed = False  # a loop of the worker died: what it held will not finish
         self.consumer: GroupConsumer | None = None
         self.producer: Producer | None = None
         self.sender: Sender | None = None
@@ -125,7 +127,7 @@ class Worker:
             self.producer,
             s,
             self._finish,
-            self._fail,
+            self._refused,
             limits=limits,
             transactions=self.transactions,
             on_lost=self._lose,
@@ -183,6 +185,7 @@ class Worker:
                     error=repr(error),
                     hint="the process stops; the supervisor starts a new one",
                 )
+                self._crashed = True
                 self._fail(FatalError(f"{task.get_name()} failed: {error!r}"))
 
         task.add_done_callback(done)
@@ -222,7 +225,7 @@ class Worker:
         """Drain in-flight work within the grace period, commit, close. True if fully drained."""
         self.request_stop()
         deadline = self.clock() + self.settings.shutdown_grace_s
-        drained = await self._wait_until(lambda: self.in_flight == 0 or self.fatal is not None, deadline)
+        drained = await self._wait_until(lambda: self.in_flight <= self._stuck or self._crashed, deadline)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -330,6 +333,12 @@ class Worker:
         self.flow.finished(size_of(outcome.record))
         if self.in_flight == 0:
             self.scoring.wake.set()
+
+    def _refused(self, error: FatalError) -> None:
+        """A record's outcome was refused for good (worker/policy.py: Stop): it stays in flight, never
+        acknowledged; the others in flight may still be, and are waited for before the last commit."""
+        self._stuck += 1
+        self._fail(error)
 
     def _fail(self, error: FatalError) -> None:
         """Something must not go on (a dead letter refused, an ACL missing): stop. The offsets of what

@@ -15,6 +15,7 @@ from schemas.names import check_name as check_name
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"  # a version's artifact, stored as it is
 GZIP_FILE = "model.onnx.gz"  # the artifact, gzip-compressed
+TUNE_EVENT = "tune"  # a history event of `model tune`: max_batch_rows by intra-op threads, measured here
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -71,6 +72,10 @@ class Manifest:
         except (orjson.JSONDecodeError, KeyError, TypeError) as error:
             raise ConfigError(f"unreadable manifest: {error}") from None
 
+    def tuned_batch_rows(self, threads: int, provider: str) -> int | None:
+        """The `max_batch_rows` the latest `model tune` chose for `threads` intra-op threads on `provider`."""
+        return tuned_batch_rows(self.history, threads, provider)
+
     def with_event(self, event: dict[str, Any]) -> Manifest:
         """A copy with one more history event (the only change a manifest allows)."""
         return Manifest(
@@ -81,3 +86,28 @@ class Manifest:
                 "history": [*self.history, event],
             }
         )
+
+
+def tuned_batch_rows(history: list[dict[str, Any]], threads: int, provider: str) -> int | None:
+    """The rows per batch of the latest tune event measured on `provider`, for `threads` intra-op threads or
+    else the nearest thread count it measured (the lower of two as near); None when there is none.
+
+    Tuning is a history event, not a field of its own: the manifest stays readable by workers that
+    predate tuning, and every tuning run stays on record. An event edited into nonsense counts as none.
+    """
+    for event in reversed(history):
+        if event.get("event") != TUNE_EVENT or event.get("provider") != provider:
+            continue
+        chosen = event.get("max_batch_rows")
+        if not isinstance(chosen, dict):
+            return None
+        valid = {int(t): rows for t, rows in chosen.items() if str(t).isdigit() and _positive(rows)}
+        if not valid:
+            return None
+        nearest = min(valid, key=lambda measured: (abs(measured - threads), measured))
+        return int(valid[nearest])
+    return None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -100,6 +100,7 @@ class LoadedModel:
 
         self.fixed_batch = _fixed_batch(inputs)  # read for every record: computed once
         self.timeout_s = 0.0  # a run past it is stopped (InferenceTimeout); 0: no limit
+        self.max_batch_rows: int | None = None  # rows per batch the worker gives it; None: the batcher's own
         self.providers: tuple[str, ...] = CPU  # what onnxruntime runs it with
 
     def run(self, feeds: Mapping[str, np.ndarray[Any, Any]], timeout_s: float | None = None) -> dict[str, Tensor]:

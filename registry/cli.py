@@ -6,6 +6,7 @@
     canary NAME VERSION --weight W | canary NAME --end
     shadow NAME VERSION | shadow NAME --end
     optimize NAME VERSION ...             derive an optimized version (registry/optimize.py)
+    tune NAME VERSION ...                 measure batch sizes here, record max_batch_rows (registry/tune.py)
     compare NAME ...                      shadow against current (registry/compare.py)
 
 Each subcommand module gives `add_parser(commands)` and `run(args, settings) -> int`.
@@ -20,12 +21,12 @@ from typing import Any
 
 from artifacts.manifest import MODEL_FILE, Manifest, check_name, version_key
 from artifacts.registry import Registry
-from registry import bus, compare, optimize, push
+from registry import bus, compare, optimize, push, tune
 from registry.settings import RegistrySettings
 from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
 
-SUBCOMMANDS = (push, optimize, compare)
+SUBCOMMANDS = (push, optimize, tune, compare)
 UNCHECKED = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
 
 
@@ -34,7 +35,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "model",
         help="the model registry and the versions in production",
-        description="Push, list and show model versions; promote, roll back, canary, shadow, optimize, compare.",
+        description="Push, list and show model versions; promote, roll back, canary, shadow, optimize, tune, compare.",
     )
     parser.add_argument("--model-root", help="the registry folder (env STREAMSCORE_MODEL_ROOT)")
     parser.add_argument("--bootstrap-servers", help="Kafka (env STREAMSCORE_BOOTSTRAP_SERVERS)")
@@ -202,7 +203,9 @@ def _print_version(version: str, m: Manifest, role: str) -> None:
     if m.measurements:
         print(f"      measured against {m.parent}: {_measured(m.measurements)}")
     for event in m.history:
-        print(f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}: {_measured(event)}")
+        measured = _measured(event)
+        head = f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}"
+        print(f"{head}: {measured}" if measured else head)
 
 
 def _roles(state: DesiredState | None) -> dict[str, str]:

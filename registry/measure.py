@@ -1,8 +1,9 @@
-"""Step 2 of `model optimize`: the sample both models run on, and what is measured on it.
+"""Step 2 of `model optimize` and the runs of `model tune`: the sample models run on, and what is measured on it.
 
 The sample is rows from a file (CSV, JSON Lines, .npy) or seeded random rows generated from the
-parent's signature, cut into batches. Measured: per-row latency of both models, timed interleaved,
-and per output the max/mean absolute difference and the label agreement (see `compare_output`).
+parent's signature, cut into batches. Measured for `optimize`: per-row latency of both models, timed
+interleaved, and per output the max/mean absolute difference and the label agreement (see
+`compare_output`); for `tune`: the time of every run of one model for a while (`time_runs`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ SAMPLE_BATCHES = 16  # a generated sample is 16 batches: agreement resolves 1/10
 SAMPLE_SEED = 0
 LATENCY_RUNS = 30
 WARMUP_RUNS = 3
+MIN_TIMED_RUNS = 5  # `time_runs` times at least this many, however short its time
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
 Feeds = dict[str, np.ndarray[Any, Any]]
 Clock = Callable[[], int]
 
 
-def sample_feeds(model: LoadedModel, sample: Path | None, batch: int) -> list[Feeds]:
-    """The batches to measure on: the rows of `sample`, or generated ones when there is no file."""
-    return file_feeds(model, sample, batch) if sample else generate_feeds(model, batch)
+def sample_feeds(model: LoadedModel, sample: Path | None, batch: int, count: int = SAMPLE_BATCHES) -> list[Feeds]:
+    """The batches to measure on: the rows of `sample`, or `count` generated ones when there is no file."""
+    return file_feeds(model, sample, batch) if sample else generate_feeds(model, batch, count)
 
 
 def measure(parent: LoadedModel, candidate: LoadedModel, feeds: Sequence[Feeds], clock: Clock) -> dict[str, Any]:
@@ -46,8 +48,8 @@ def measure(parent: LoadedModel, candidate: LoadedModel, feeds: Sequence[Feeds],
     }
 
 
-def generate_feeds(model: LoadedModel, batch: int) -> list[Feeds]:
-    """Seeded random batches from the signature: normal floats, small ints; free dims = batch."""
+def generate_feeds(model: LoadedModel, batch: int, count: int = SAMPLE_BATCHES) -> list[Feeds]:
+    """`count` seeded random batches from the signature: normal floats, small ints; free dims = batch."""
     rng = np.random.default_rng(SAMPLE_SEED)
     step = model.fixed_batch or batch
     arrays: Feeds = {}
@@ -56,7 +58,7 @@ def generate_feeds(model: LoadedModel, batch: int) -> list[Feeds]:
             raise ConfigError(
                 f"cannot generate rows for input {spec.name!r} {spec.datatype} {spec.shape}; use --sample"
             )
-        shape = (step * SAMPLE_BATCHES, *(batch if d is None else d for d in spec.shape[1:]))
+        shape = (step * count, *(batch if d is None else d for d in spec.shape[1:]))
         dtype = DATATYPES[spec.datatype]
         values = (
             rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2 if dtype.kind == "b" else 10, shape)
@@ -112,6 +114,21 @@ def time_interleaved(parent: LoadedModel, candidate: LoadedModel, feed: Feeds, c
             spent.append(clock() - start)
     parent_us, candidate_us = (round(statistics.median(t) / rows / 1000, 3) for t in times)
     return parent_us, candidate_us
+
+
+def time_runs(model: LoadedModel, feeds: Sequence[Feeds], seconds: float, clock: Clock) -> list[int]:
+    """Nanoseconds of each run of `model` on `feeds` in turn, for about `seconds` (at least
+    MIN_TIMED_RUNS runs), after WARMUP_RUNS untimed ones."""
+    for run in range(WARMUP_RUNS):
+        model.run(feeds[run % len(feeds)])
+    spent: list[int] = []
+    started = now = clock()
+    while len(spent) < MIN_TIMED_RUNS or now - started < seconds * 1e9:
+        before = now
+        model.run(feeds[len(spent) % len(feeds)])
+        now = clock()
+        spent.append(now - before)
+    return spent
 
 
 def compare_output(expected: Tensor, actual: Tensor) -> dict[str, Any]:

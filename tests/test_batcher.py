@@ -36,7 +36,7 @@ limits = st.fixed_dictionaries({key: st.one_of(st.none(), st.integers(1, 10)) fo
 
 
 def _cap(batcher: MicroBatcher[tuple[str, int, int]], limit: int | None) -> int:
-    return batcher.max_rows if limit is None else min(limit, batcher.max_rows)
+    return batcher.max_rows if limit is None else limit
 
 
 def _check_batch(batch: Batch[tuple[str, int, int]], cap: int) -> None:
@@ -126,6 +126,15 @@ def test_model_limit_caps_batches_below_max_rows() -> None:
     batches = [b for i in range(3) for b in batcher.add("k", i, 1, now=0.0, limit=1)]
 
     assert [[0], [1], [2]] == [b.items for b in batches]
+
+
+def test_model_limit_above_max_rows_raises_the_cap() -> None:
+    """A model tuned to 8 rows fills batches of 8 where the batcher's own cap is 4."""
+    batcher: MicroBatcher[int] = MicroBatcher(max_rows=4, max_delay=1.0)
+
+    batches = [b for i in range(8) for b in batcher.add("k", i, 1, now=0.0, limit=8)]
+
+    assert [list(range(8))] == [b.items for b in batches]
 
 
 def test_keys_batch_apart() -> None:

@@ -22,7 +22,7 @@ class Batch(Generic[T]):
 class MicroBatcher(Generic[T]):
     """Groups items by key (model version and input layout) into batches.
 
-    A batch closes when it holds `max_rows` rows (or the smaller limit a model fixes), or
+    A batch closes when it holds `max_rows` rows (or the limit given with its items: the model's), or
     `max_delay` seconds after its first item arrived. An item never shares a batch that it
     would push past the limit; an item at or over the limit on its own is a batch by itself.
     Pure: the caller passes the time and runs what comes out.
@@ -39,8 +39,9 @@ class MicroBatcher(Generic[T]):
         return self._items
 
     def add(self, key: Hashable, item: T, rows: int, now: float, limit: int | None = None) -> list[Batch[T]]:
-        """Add an item; return the batches that closed because of it (full ones)."""
-        cap = self.max_rows if limit is None else min(limit, self.max_rows)
+        """Add an item; return the batches that closed because of it (full ones). `limit`, the rows of
+        the item's model, stands in for `max_rows`."""
+        cap = self.max_rows if limit is None else limit
         closed: list[Batch[T]] = []
         batch = self._open.get(key)
         if batch is not None and batch.rows + rows > cap:

@@ -19,7 +19,7 @@ from worker.batcher import Batch, MicroBatcher
 from worker.observe import Observer
 from worker.outcomes import Item, Outcome
 from worker.pipeline import score_batch, unscored
-from worker.settings import Settings
+from worker.settings import DEFAULT_MAX_BATCH_ROWS, Settings
 
 log = structlog.get_logger("streamscore.worker")
 
@@ -35,7 +35,8 @@ class ScoreLoop:
         clock: Callable[[], float],
         observer: Observer,
     ) -> None:
-        self.batcher: MicroBatcher[Item] = MicroBatcher(settings.max_batch_rows, settings.max_batch_delay_ms / 1000)
+        rows = settings.max_batch_rows or DEFAULT_MAX_BATCH_ROWS  # for a model the store did not size
+        self.batcher: MicroBatcher[Item] = MicroBatcher(rows, settings.max_batch_delay_ms / 1000)
         self.ready: deque[Batch[Item]] = deque()
         self.wake = asyncio.Event()  # a batch may be ready, or the worker is stopping
         self.draining = False  # close every batch now, due or not
@@ -49,7 +50,9 @@ class ScoreLoop:
 
     def add(self, item: Item) -> None:
         """Put an item in its batch; a batch it fills is ready at once."""
-        closed = self.batcher.add(item.key, item, item.rows, self.clock(), item.model.fixed_batch)
+        model = item.model
+        cap = model.max_batch_rows or self.batcher.max_rows
+        closed = self.batcher.add(item.key, item, item.rows, self.clock(), min(cap, model.fixed_batch or cap))
         if closed:
             self.ready.extend(closed)
 

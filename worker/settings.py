@@ -32,7 +32,7 @@ from schemas.topics import (
 )
 from transport.connection import AT_LEAST_ONCE, EXACTLY_ONCE, GUARANTEES, Connection
 
-DEFAULT_MAX_BATCH_ROWS = 256
+DEFAULT_MAX_BATCH_ROWS = 256  # when neither the setting nor the version's tuning (`model tune`) gives one
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
 DEFAULT_MAX_IN_FLIGHT = 2000
 DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
@@ -70,7 +70,7 @@ class Settings(Connection):
     execution_providers: tuple[str, ...] = ("cpu",)  # onnxruntime's, in order of preference: cpu, cuda, tensorrt, ...
     inference_timeout_s: float = DEFAULT_INFERENCE_TIMEOUT_S  # one model run; a record over it is dead-lettered
     # Batching and flow control
-    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    max_batch_rows: int = 0  # 0: the version's tuned value (`streamscore model tune`), else DEFAULT_MAX_BATCH_ROWS
     max_batch_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES  # record bytes between fetch and acknowledgement
@@ -102,8 +102,9 @@ class Settings(Connection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_batch_rows < 0:
+            raise ConfigError(f"{setting_name('max_batch_rows')} must be 0 (the model's tuned value) or more rows")
         for name in (
-            "max_batch_rows",
             "max_in_flight",
             "max_in_flight_bytes",
             "max_record_bytes",
@@ -192,6 +193,16 @@ class Settings(Connection):
     @property
     def model_root_path(self) -> Path:
         return Path(self.model_root)
+
+
+def batch_rows(setting: int, tuned: int | None) -> tuple[int, str]:
+    """Rows per batch for a model version, and where the number comes from: the setting when given (not 0),
+    else the version's tuned value, else DEFAULT_MAX_BATCH_ROWS."""
+    if setting:
+        return setting, "setting"
+    if tuned:
+        return tuned, "tuned"
+    return DEFAULT_MAX_BATCH_ROWS, "default"
 
 
 def from_sources(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -21,7 +21,7 @@ from artifacts.registry import Registry
 from artifacts.runtime import CPU, LoadedModel, execution_providers, load_model, load_verified
 from schemas.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, StreamscoreError
 from worker.lineup import Key
-from worker.settings import Settings
+from worker.settings import Settings, batch_rows
 
 log = structlog.get_logger("streamscore.store")
 
@@ -40,6 +40,7 @@ class ModelStore:
         intra_op_threads: int = 1,
         timeout_s: float = 0.0,
         providers: Sequence[str] = CPU,
+        max_batch_rows: int = 0,
     ) -> None:
         self.root = root
         self.registry = Registry.at(root)
@@ -47,6 +48,7 @@ class ModelStore:
         self.intra_op_threads = intra_op_threads
         self.providers = execution_providers(providers)  # ConfigError now, not at the first load
         self.timeout_s = timeout_s  # of each model run (0: none)
+        self.max_batch_rows = max_batch_rows  # the setting; 0: each version's tuned value, else the default
         self.default_name = default_name or self._only_model()
         self._loaded: dict[Key, LoadedModel] = {}
         self._refused: dict[Key, str] = {}  # versions refused at load, and why
@@ -61,6 +63,7 @@ class ModelStore:
             intra_op_threads=settings.intra_op_threads,
             timeout_s=settings.inference_timeout_s,
             providers=settings.execution_providers,
+            max_batch_rows=settings.max_batch_rows,
         )
 
     def _only_model(self) -> str:
@@ -166,7 +169,8 @@ class ModelStore:
         if not self.registry.has(name, version):
             log.warning("model_version_unverified", model=name, version=version, reason="no manifest", hint=PUSH_HINT)
             path = self.root / name / version / MODEL_FILE
-            return load_model(path, name, version, intra_op_threads=threads, providers=self.providers)
+            model = load_model(path, name, version, intra_op_threads=threads, providers=self.providers)
+            return self._batched(model, None)
         stored = self.registry.read_version(name, version)  # each file read once and checked
         if stored.unverified:
             log.warning(
@@ -177,7 +181,7 @@ class ModelStore:
                 reason="its manifest predates per-file sha256 (files)",
                 hint=PUSH_HINT,
             )
-        return load_verified(
+        model = load_verified(
             stored.model,
             stored.external,
             name,
@@ -186,6 +190,23 @@ class ModelStore:
             intra_op_threads=threads,
             providers=self.providers,
         )
+        return self._batched(model, stored.manifest.tuned_batch_rows(threads, self.providers[0]))
+
+    def _batched(self, model: LoadedModel, tuned: int | None) -> LoadedModel:
+        """`model` with its rows per batch: the setting, else what `model tune` recorded, else the default
+        (logged when the version was tuned, to say whether its value is used)."""
+        model.max_batch_rows, source = batch_rows(self.max_batch_rows, tuned)
+        if tuned is None:
+            return model
+        log.info(
+            "model_batch_rows",
+            model=model.name,
+            version=model.version,
+            max_batch_rows=model.max_batch_rows,
+            source=source,
+            tuned=tuned,
+        )
+        return model
 
     def forget_refusal(self, name: str, version: str) -> None:
         """Allow another attempt at a version refused before (a new desired state names it)."""

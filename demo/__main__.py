@@ -155,7 +155,7 @@ def show(results: list[ConsumerRecord[bytes, bytes]], dead: list[ConsumerRecord[
     say(f"{len(results)} results on {RESULTS} (first 8):")
     print(f"  {'id':<10} {'version':<8} {'label':<6} probabilities")
     for record in sorted(results, key=lambda r: int(r.key.split(b"-")[1]))[:8]:
-        response = decode_response(record.value)
+        response = decode_response(record.value, header_length=h.header_length(record.headers))
         label = int(response.output("output_label").data[0])
         probs = [round(float(p), 3) for p in response.output("output_probability").data[0]]
         print(f"  {response.id:<10} {response.model_version:<8} {label:<6} {probs}")

@@ -55,6 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("--rows-per-request", type=positive_int, default=1, help="rows in each request")
     add("--input-name", default="x", help="the model input the rows feed (default: x)")
     add("--datatype", default=DEFAULT_DATATYPE, choices=[d for d in DATATYPES if d != "BYTES"])
+    add("--binary-outputs", action="store_true", help="ask for the outputs as binary data (Triton's extension)")
     add("--model", help="the model to score with (header streamscore-model)")
     add("--model-version", help="pin a model version (header streamscore-model-version)")
     add("--id-prefix", help="request ids are <id-prefix>-<first row index> (default: file stem)")
@@ -125,6 +126,7 @@ class ProduceOptions:
     rows_per_request: int = 1
     input_name: str = "x"
     datatype: str = DEFAULT_DATATYPE
+    binary_outputs: bool = False
     model: str | None = None
     model_version: str | None = None
     id_prefix: str = ""
@@ -144,6 +146,7 @@ class ProduceOptions:
             rows_per_request=args.rows_per_request,
             input_name=args.input_name,
             datatype=args.datatype,
+            binary_outputs=args.binary_outputs,
             model=args.model,
             model_version=args.model_version,
             id_prefix=args.id_prefix or Path(args.file).stem,
@@ -258,6 +261,7 @@ def _make_producer(options: ProduceOptions) -> FeatureProducer:
         model_version=options.model_version,
         input_name=options.input_name,
         datatype=options.datatype,
+        binary_outputs=options.binary_outputs,
         id_prefix=options.id_prefix,
         **options.connection,
     )

@@ -49,7 +49,9 @@ def make_ids(prefix: str, first_row: int, rows: int, rows_per_request: int) -> l
 class FeatureProducer:
     """Publishes feature rows, arrays and ready V2 requests to one Kafka topic.
 
-    `datatype` is the V2 datatype rows are sent as (None: follow the numpy dtype). Connection
+    `datatype` is the V2 datatype rows are sent as (None: follow the numpy dtype).
+    `binary_outputs` asks for every output as binary data (Triton's `binary_data_output`, see
+    `schemas.binary`) in the requests `send_rows` and `send_arrays` make. Connection
     options (`security_protocol`, `sasl_*`, `ssl_*`) are the fields of `transport.Connection`.
     Pass `producer=` a started client (or a fake) to reuse it; it is then neither started
     nor stopped here.
@@ -64,6 +66,7 @@ class FeatureProducer:
         model_version: str | None = None,
         input_name: str = DEFAULT_INPUT_NAME,
         datatype: str | None = None,
+        binary_outputs: bool = False,
         id_prefix: str | None = None,
         linger_ms: int = DEFAULT_LINGER_MS,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -77,6 +80,7 @@ class FeatureProducer:
         self.topic = topic
         self.input_name = input_name
         self.datatype = datatype
+        self._parameters = {"binary_data_output": True} if binary_outputs else None
         self.id_prefix = id_prefix or uuid.uuid4().hex[:12]
         self.max_in_flight = max_in_flight
         self._model_headers = _model_headers(model, model_version)
@@ -146,7 +150,7 @@ class FeatureProducer:
         window = _Deliveries(self.max_in_flight)
         for number, request_id in enumerate(request_ids):
             batch = array[number * rows_per_request : (number + 1) * rows_per_request]
-            value = encode_request([self._tensor(batch)], id=request_id)
+            value = encode_request([self._tensor(batch)], id=request_id, parameters=self._parameters)
             if not await self._enqueue(window, value, request_id, record_headers):
                 break
         await window.drain(len(request_ids))
@@ -171,7 +175,7 @@ class FeatureProducer:
         rows = int(tensors[0].data.shape[0]) if tensors[0].data.ndim else 1
         request_id = id if id is not None else self._generated_ids(rows, rows)[0]
         window = _Deliveries(self.max_in_flight)
-        value = encode_request(tensors, id=request_id)
+        value = encode_request(tensors, id=request_id, parameters=self._parameters)
         await self._enqueue(window, value, request_id, self._headers(headers))
         await window.drain(1)
         return request_id

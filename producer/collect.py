@@ -12,6 +12,9 @@ id has a result or a dead letter, and writes the results sorted by row index:
             w values per row gives columns <name>_0 .. <name>_<w-1> (C order of its trailing
             dimensions), or just <name> when w is 1; null (a non-finite value) is an empty cell
 
+A result with binary outputs (Triton's binary tensor data extension, its JSON header's length in
+the record header `inference-header-content-length`) is written as its JSON form would be.
+
 Dead letters (and results that cannot be read or do not fit the CSV columns of the first
 result, stage "collect") go to `<out>.dead.jsonl`: {"key", "row", "stage", "error", "message"}.
 
@@ -164,7 +167,7 @@ def _feed(collector: Collector, records: Sequence[Record], results_topic: str, s
     """Hand records to `collector`; whether any was written before `started_ms`."""
     for record in records:
         if record.topic == results_topic:
-            collector.add_result(record.key, record.value)
+            collector.add_result(record.key, record.value, record.headers)
         else:
             collector.add_dead_letter(record.key, record.value, record.headers)
     return bool(records) and records[0].timestamp < started_ms

@@ -24,6 +24,8 @@ import orjson
 
 from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from schemas import headers as h
+from schemas.binary import load_response_body
+from schemas.errors import DecodeError
 
 MISSING_SHOWN = 5
 OUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -168,15 +170,23 @@ class Collector:
     def done(self) -> bool:
         return self.ledger.settled == self.expected.count
 
-    def add_result(self, key: bytes | None, value: bytes | None) -> None:
-        """Keep a result record if its id is expected and not yet answered."""
-        found = self._admit(key, value, RESULT)
+    def add_result(self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Keep a result record if its id is expected and not yet answered.
+
+        A result with binary outputs (its `inference-header-content-length` header in `headers`)
+        is written as its JSON form would be.
+        """
+        try:
+            length = h.header_length(headers)
+        except ValueError:
+            length = 0  # refused by `load_response_body` (when the id is expected): a dead letter at collect
+        found = self._admit(key, value, RESULT, length)
         if found is None:
             return
         number, request_id = found
         try:
-            line = self._format(request_id, number, orjson.loads(value or b""))
-        except (FlattenError, orjson.JSONDecodeError, AttributeError) as error:
+            line = self._format(request_id, number, load_response_body(value or b"", header_length=length))
+        except (FlattenError, DecodeError, orjson.JSONDecodeError, AttributeError) as error:
             self._store_dead(number, request_id, COLLECT_STAGE, type(error).__name__, str(error))
             return
         self.ledger.store(number, RESULT, self._results.append(line), len(line))
@@ -227,9 +237,11 @@ class Collector:
             missing_count=count,
         )
 
-    def _admit(self, key: bytes | None, value: bytes | None, kind: int) -> tuple[int, str] | None:
+    def _admit(
+        self, key: bytes | None, value: bytes | None, kind: int, header_length: int | None = None
+    ) -> tuple[int, str] | None:
         """(request number, id) of a record to keep; None for other batches and duplicates."""
-        request_id = key.decode("utf-8", errors="replace") if key else _body_id(value)
+        request_id = key.decode("utf-8", errors="replace") if key else _body_id(value, header_length)
         if request_id is None or not request_id.startswith(self.expected.prefix):
             return None
         number = self.expected.number_of(request_id)
@@ -262,10 +274,10 @@ class Collector:
         self.ledger.store(number, DEAD, self._dead.append(line), len(line))
 
 
-def _body_id(value: bytes | None) -> str | None:
-    """The `id` of a JSON body (a record without a key); None when there is none."""
+def _body_id(value: bytes | None, header_length: int | None = None) -> str | None:
+    """The `id` of a record without a key: in its JSON body (the first `header_length` bytes); None if it has none."""
     with suppress(orjson.JSONDecodeError, AttributeError):
-        found = orjson.loads(value or b"").get("id")
+        found = orjson.loads((value or b"")[:header_length]).get("id")
         return found if isinstance(found, str) else None
     return None
 

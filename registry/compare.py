@@ -118,8 +118,8 @@ def collect(records: Iterable[Message], model: str) -> Side:
         if h.first(record.headers, (h.MODEL,)) != model or record.value is None:
             continue
         try:
-            response = decode_response(record.value)
-        except DecodeError:
+            response = decode_response(record.value, header_length=h.header_length(record.headers))
+        except (DecodeError, ValueError):  # ValueError: a length header that is not a number
             unreadable += 1
             continue
         key = record.key.decode("utf-8", errors="replace") if record.key is not None else response.id

@@ -5,6 +5,9 @@ A request value is the V2 JSON object. With Triton's binary extension, an input 
 the JSON header, inputs in order; the header's length travels in the record header
 `inference-header-content-length` (the name Triton uses over HTTP).
 
+Results use the same extension when the request asks for it (`binary_data_output`, or
+`binary_data` on a requested output): see `schemas.binary`.
+
 Decoding checks what the request says about itself (JSON, names, shapes, datatypes, limits);
 checking it against a model's signature is `artifacts.signature`'s job.
 """
@@ -18,8 +21,8 @@ from typing import Any, TypeGuard
 import numpy as np
 import orjson
 
+from schemas.binary import NO_BINARY, BinaryOutputs, binary_arrays, decode_binary_outputs, split_binary, without_size
 from schemas.errors import DecodeError, ValidationError
-from schemas.headers import BINARY_HEADER_LENGTH
 from schemas.jsontext import load_json
 from schemas.tensors import (
     DATATYPES,
@@ -27,6 +30,7 @@ from schemas.tensors import (
     array_from_binary,
     array_from_json,
     as_tensor,
+    binary_of,
     nonfinite_error,
     tensor_from_json,
     tensor_json,
@@ -53,6 +57,7 @@ class InferenceRequest:
     inputs: tuple[Tensor, ...]
     outputs: tuple[str, ...] = ()
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    binary: BinaryOutputs = NO_BINARY
 
     @property
     def rows(self) -> int:
@@ -105,7 +110,7 @@ def decode_request(
             f"the record value is {len(value)} bytes, over the limit of {limits.max_record_bytes}"
             " (setting STREAMSCORE_MAX_RECORD_BYTES)"
         )
-    header, binary = (value, b"") if header_length is None else _split_binary(value, header_length)
+    header, binary = (value, b"") if header_length is None else split_binary(value, header_length)
     body = load_json(header, allow_nonfinite=limits.allow_nonfinite, binary=header_length is not None)
     if not isinstance(body, dict):
         raise DecodeError(f"a V2 request is a JSON object, got a JSON {type(body).__name__}")
@@ -116,15 +121,11 @@ def decode_request(
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise DecodeError(f"'id' must be a string, got {type(request_id).__name__}")
-    outputs = _decode_requested_outputs(body.get("outputs"))
+    raw_outputs = body.get("outputs")
+    outputs = _decode_requested_outputs(raw_outputs)
     parameters = _decode_parameters(body.get("parameters"), "request")
-    return InferenceRequest(request_id, inputs, outputs, parameters)  # positional: half the cost
-
-
-def _split_binary(value: bytes, header_length: int) -> tuple[bytes, bytes]:
-    if not 0 < header_length <= len(value):
-        raise DecodeError(f"header {BINARY_HEADER_LENGTH}={header_length} does not fit a value of {len(value)} bytes")
-    return value[:header_length], value[header_length:]
+    wanted = decode_binary_outputs(raw_outputs, parameters) if raw_outputs or parameters else NO_BINARY
+    return InferenceRequest(request_id, inputs, outputs, parameters, wanted)  # positional: half the cost
 
 
 def _decode_requested_outputs(raw: Any) -> tuple[str, ...]:
@@ -273,7 +274,8 @@ class ResponseEncoder:
     """Encodes the responses of one batch: each record gets its rows of every output.
 
     Faster than `encode_response` per record: outputs are cut into row views once, and each
-    response is one `orjson.dumps` of numpy views.
+    response is one `orjson.dumps` of numpy views; a binary output is the `tobytes()` of the
+    record's slice of those views (the binary form: `schemas.binary`).
     """
 
     def __init__(self, model_name: str, model_version: str, outputs: Mapping[str, Tensor], *, whole: bool) -> None:
@@ -293,14 +295,37 @@ class ResponseEncoder:
             outputs = [tensor_json(self.outputs[name]) for name in names]
         else:
             outputs = [self._output(name, start, count) for name in names]
-        return _dumps(
-            {
-                "id": request_id,
-                "model_name": self.model_name,
-                "model_version": self.model_version,
-                "outputs": outputs,
-            }
-        )
+        return _dumps(self._body(request_id, outputs))
+
+    def encode_binary(
+        self, request_id: str, start: int, count: int, names: Sequence[str], binary: BinaryOutputs
+    ) -> tuple[bytes, int | None]:
+        """As `encode`, with the outputs `binary` wants as binary data: (value, JSON header length).
+
+        The length is None when no output is binary (the value is then what `encode` gives).
+        """
+        wanted = [binary.wants(name) for name in names]
+        if not any(wanted):
+            return self.encode(request_id, start, count, names), None
+        outputs: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for name, as_binary in zip(names, wanted, strict=True):
+            if not as_binary:
+                outputs.append(tensor_json(self.outputs[name]) if self.whole else self._output(name, start, count))
+                continue
+            output, blob = self._binary_output(name, start, count)
+            outputs.append(output)
+            blobs.append(blob)
+        header = _dumps(self._body(request_id, outputs))
+        return b"".join([header, *blobs]), len(header)
+
+    def _body(self, request_id: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": request_id,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "outputs": outputs,
+        }
 
     def _output(self, name: str, start: int, count: int) -> dict[str, Any]:
         datatype, rows, tail, parameters = self.parts[name]
@@ -312,21 +337,41 @@ class ResponseEncoder:
             out["parameters"] = parameters
         return out
 
-
-def decode_response(value: bytes) -> InferenceResponse:
-    """Decode a V2 response (as a consumer of the results topic would)."""
-    try:
-        body = orjson.loads(value)
-        outputs = tuple(
-            Tensor(
-                o["name"],
-                o["datatype"],
-                array_from_json(o["name"], o["data"], o["shape"], o["datatype"])
-                if o["datatype"] != "BYTES"
-                else np.array(o["data"], dtype=object).reshape(o["shape"]),
-                o.get("parameters"),
+    def _binary_output(self, name: str, start: int, count: int) -> tuple[dict[str, Any], bytes]:
+        """The JSON entry of a binary output (no `data`) and its bytes: the record's rows, straight from the batch."""
+        if self.whole:
+            tensor = self.outputs[name]
+            datatype, block, shape, parameters = (
+                tensor.datatype,
+                tensor.data,
+                list(tensor.data.shape),
+                tensor.parameters,
             )
-            for o in body["outputs"]
+        else:
+            datatype, rows, tail, parameters = self.parts[name]
+            block, shape = rows[start : start + count], [count, *tail]
+        blob = binary_of(block, datatype)
+        entry = {"binary_data_size": len(blob)} if not parameters else {**parameters, "binary_data_size": len(blob)}
+        return {"name": name, "shape": shape, "datatype": datatype, "parameters": entry}, blob
+
+
+def decode_response(value: bytes, *, header_length: int | None = None) -> InferenceResponse:
+    """Decode a V2 response (as a consumer of the results topic would).
+
+    `header_length`: the record header `inference-header-content-length` of a result with binary
+    outputs (`schemas.headers.header_length`). A binary output decodes to the array its JSON form
+    would give (a BYTES element: `str` when UTF-8, else `bytes`), its parameters without
+    `binary_data_size`.
+    """
+    header, binary = (value, b"") if header_length is None else split_binary(value, header_length)
+    try:
+        body = orjson.loads(header)
+        arrays = binary_arrays(body["outputs"], binary)
+        outputs = tuple(
+            Tensor(o["name"], o["datatype"], arrays[i], without_size(o["parameters"]))
+            if i in arrays
+            else Tensor(o["name"], o["datatype"], _json_array(o), o.get("parameters"))
+            for i, o in enumerate(body["outputs"])
         )
         return InferenceResponse(
             id=body["id"],
@@ -335,8 +380,14 @@ def decode_response(value: bytes) -> InferenceResponse:
             outputs=outputs,
             parameters=body.get("parameters") or {},
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise DecodeError(f"not a V2 response: {error!r}") from None
+
+
+def _json_array(output: dict[str, Any]) -> np.ndarray[Any, Any]:
+    if output["datatype"] == "BYTES":
+        return np.array(output["data"], dtype=object).reshape(output["shape"])
+    return array_from_json(output["name"], output["data"], output["shape"], output["datatype"])
 
 
 def _dumps(body: Any) -> bytes:

@@ -10,6 +10,9 @@ Requests may carry (names are matched case-insensitively, as in HTTP):
 
 Results carry the correlation headers of their request (traceparent, ...) and
     streamscore-model, streamscore-model-version
+    inference-header-content-length
+                               only on a result some of whose outputs are binary (the request
+                               asked for it): the length of its JSON header, as on a request
 
 Dead letters keep the request's headers byte for byte and add Spring Kafka's `kafka_dlt-*`
 headers (binary ints and longs are big-endian) and ours, `streamscore-dlt-*` (UTF-8 text):
@@ -108,6 +111,20 @@ def decode_int(raw: bytes) -> int:
 
 def decode_long(raw: bytes) -> int:
     return int(struct.unpack(">q", raw)[0])
+
+
+def header_length(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The JSON header's length in `inference-header-content-length` (any case), or None.
+
+    ValueError when the header is there but not a decimal integer.
+    """
+    raw = first(headers, (BINARY_HEADER_LENGTH,)) if headers else None
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"header {BINARY_HEADER_LENGTH}={raw!r} is not an integer") from None
 
 
 def first(headers: Sequence[tuple[str, bytes]], names: tuple[str, ...]) -> str | None:

@@ -9,6 +9,8 @@ bytes of Triton's binary extension, and go back out as JSON-ready dicts.
 from __future__ import annotations
 
 import math
+import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +78,54 @@ def array_from_binary(name: str, blob: bytes, shape: list[int], datatype: str) -
     if len(blob) != expected:
         raise ValidationError(f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(blob)}")
     return _shaped(name, np.frombuffer(blob, dtype=dtype).astype(DATATYPES[datatype], copy=False), shape)
+
+
+def binary_of(data: np.ndarray[Any, Any], datatype: str) -> bytes:
+    """The bytes of `data` in Triton's binary form: row-major, little-endian, no padding.
+
+    BOOL is one byte per element (0 or 1). A BYTES element is its length as a 4-byte
+    little-endian unsigned integer, then its bytes (a `str` as UTF-8).
+    """
+    if datatype == "BYTES":
+        return _length_prefixed(data)
+    if data.dtype.isnative and _LITTLE_ENDIAN_HOST:
+        return data.tobytes()
+    return data.astype(data.dtype.newbyteorder("<")).tobytes()
+
+
+def _length_prefixed(data: np.ndarray[Any, Any]) -> bytes:
+    parts: list[bytes] = []
+    for value in data.reshape(-1).tolist():
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        parts += (_LENGTH.pack(len(raw)), raw)
+    return b"".join(parts)
+
+
+_LENGTH = struct.Struct("<I")
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+
+def strings_from_binary(name: str, blob: bytes, shape: list[int]) -> np.ndarray[Any, Any]:
+    """A BYTES tensor from Triton's binary form (`binary_of`), or ValidationError.
+
+    Each element is a `str` when it is UTF-8 (as the JSON form gives it), else `bytes`.
+    """
+    values: list[str | bytes] = []
+    cursor, count = 0, math.prod(shape)
+    while cursor < len(blob) and len(values) < count:
+        if cursor + _LENGTH.size > len(blob):
+            break
+        (size,) = _LENGTH.unpack_from(blob, cursor)
+        cursor += _LENGTH.size
+        raw = blob[cursor : cursor + size]
+        cursor += size
+        try:
+            values.append(raw.decode())
+        except UnicodeDecodeError:
+            values.append(raw)
+    if len(values) != count or cursor != len(blob):
+        raise ValidationError(f"output {name!r}: its binary data is not {count} length-prefixed BYTES elements")
+    return _shaped(name, np.array(values, dtype=object), shape)
 
 
 def tensor_from_json(

@@ -126,8 +126,8 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
 
 
 def responses(records: Iterable[ConsumerRecord[bytes, bytes]]) -> list[InferenceResponse]:
-    """The V2 responses in result records."""
-    return [decode_response(r.value) for r in records if r.value is not None]
+    """The V2 responses in result records (JSON, or with binary outputs after the JSON header)."""
+    return [decode_response(r.value, header_length=h.header_length(r.headers)) for r in records if r.value is not None]
 
 
 def header(record: ConsumerRecord[bytes, bytes], name: str) -> bytes | None:

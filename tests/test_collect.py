@@ -16,10 +16,21 @@ from producer.collect import CollectOptions, add_parser, collect, count_requests
 from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from producer.ledger import Collector, Expected, parse_row
 from schemas import headers as h
-from schemas.codec import encode_response
+from schemas.binary import BinaryOutputs
+from schemas.codec import ResponseEncoder, encode_response
 from schemas.records import InputRecord
 from schemas.tensors import as_tensor
 from tests.factories import make_record
+
+
+def binary_response(request_id: str, **outputs: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """`response`, every output as binary data: the value, and its record headers (the JSON header's length)."""
+    tensors = {name: as_tensor(name, np.asarray(value)) for name, value in outputs.items()}
+    encoder = ResponseEncoder("m", "3", tensors, whole=True)
+    value, length = encoder.encode_binary(
+        request_id, 0, 0, list(tensors), BinaryOutputs(default=True)
+    )  # whole: every row
+    return value, [(h.MODEL, b"m"), (h.BINARY_HEADER_LENGTH, str(length).encode())]
 
 
 def response(request_id: str, **outputs: Any) -> bytes:
@@ -158,6 +169,43 @@ def test_collector_writes_dead_letters_and_unreadable_results_beside_the_csv(tmp
         {"key": "p-4", "row": 4, "stage": "collect", "error": "JSONDecodeError"},
     ]
     assert expected_dead == dead
+
+
+@pytest.mark.parametrize("out", ["out.csv", "out.jsonl"])
+def test_binary_results_are_written_as_their_json_form(tmp_path: Path, out: str) -> None:
+    """Results with binary outputs (FP32, INT64, BOOL, BYTES; read with their length header) give
+    the same file as the same results in JSON."""
+    outputs: dict[str, Any] = {
+        "p": np.array([[0.1, 0.9], [0.7, 0.3]], dtype=np.float32),
+        "label": np.array([1, 0], dtype=np.int64),
+        "flag": np.array([True, False]),
+        "name": np.array(["dog", "cat"], dtype=object),
+    }
+    binary, json = (Collector(Expected(prefix, 1, 2), tmp_path / f"{prefix}-{out}") for prefix in ("b", "j"))
+
+    binary.add_result(b"b-0", *binary_response("b-0", **outputs))
+    json.add_result(b"j-0", response("j-0", **outputs))
+    for collector in (binary, json):
+        collector.write()
+        collector.close()
+
+    written = [(tmp_path / f"{prefix}-{out}").read_text() for prefix in ("b", "j")]
+    assert written[1].replace("j-0", "b-0") == written[0]
+    assert "0.1" in written[0]  # FP32 values as JSON writes them, not 0.10000000149011612
+
+
+def test_a_binary_result_with_a_bad_length_header_is_dead_at_collect(tmp_path: Path) -> None:
+    """A length header that is no number, or does not fit the value: the result is a dead letter at stage collect."""
+    collector = Collector(Expected("p", 2), tmp_path / "out.jsonl")
+    value, _ = binary_response("p-0", y=[[1.0]])
+
+    collector.add_result(b"p-0", value, [(h.BINARY_HEADER_LENGTH, b"twelve")])
+    collector.add_result(b"p-1", value, [(h.BINARY_HEADER_LENGTH, str(len(value) + 1).encode())])
+    dead_path = collector.write()
+    collector.close()
+
+    assert dead_path is not None
+    assert [("collect", "DecodeError")] * 2 == [(d["stage"], d["error"]) for d in lines_of(dead_path)]
 
 
 class FakeSource:

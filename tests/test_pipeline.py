@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from demo import models as demo
 from schemas import headers as h
 from schemas.codec import InferenceRequest, Limits, decode_request, decode_response, encode_request
 from schemas.errors import InferenceError, InferenceTimeout, ModelNotFoundError, ValidationError
-from tests.factories import make_record
+from tests.factories import make_record, v2_input
 from worker import pipeline
 from worker.deferred import DeferredTensor
 from worker.outcomes import DeadLetter, Item, Result
@@ -67,9 +68,10 @@ def _item(
     offset: int = 0,
     outputs: Sequence[str] = (),
     request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
     **record: Any,
 ) -> Item:
-    value = encode_request(inputs, id=request_id, outputs=outputs)
+    value = encode_request(inputs, id=request_id, outputs=outputs, parameters=parameters)
     return make_item(make_record(value, offset=offset, **record), decode_request(value), model)
 
 
@@ -310,6 +312,62 @@ def test_binary_request_scores_like_json(store: ModelStore, length_header: str) 
 
     first, second = (decode_response(o.value).output("probabilities").data for o in outcomes)  # type: ignore[union-attr]
     np.testing.assert_array_equal(second, first)
+
+
+def _body_item(model: LoadedModel, body: dict[str, Any], offset: int = 0, **record: Any) -> Item:
+    value = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return make_item(make_record(value, offset=offset, **record), decode_request(value), model)
+
+
+def test_binary_outputs_carry_the_header_length_after_the_other_headers(store: ModelStore) -> None:
+    """A result with binary outputs: correlation headers, model headers, then the JSON header's
+    length; the bytes after the header are the scored rows, and they read back as JSON's do."""
+    model = _load(store, "mlp", "9")
+    rows = _rows(2, 3)
+    binary = _item(model, {"x": rows}, parameters={"binary_data_output": True}, headers=[("traceparent", b"00-a-b-01")])
+    as_json = _item(model, {"x": rows})
+
+    (result,) = score_batch([binary], CORRELATION)
+    (expected,) = score_batch([as_json], CORRELATION)
+
+    assert isinstance(result, Result) and isinstance(expected, Result)
+    length = h.header_length(result.headers)
+    assert length is not None
+    assert [
+        ("traceparent", b"00-a-b-01"),
+        (h.MODEL, b"mlp"),
+        (h.MODEL_VERSION, b"9"),
+        (h.BINARY_HEADER_LENGTH, str(length).encode()),
+    ] == result.headers
+    scored = model.run({"x": rows})["probabilities"].data
+    assert scored.astype("<f4").tobytes() == result.value[length:]
+    from_binary = decode_response(result.value, header_length=length).output("probabilities").data
+    np.testing.assert_array_equal(decode_response(expected.value).output("probabilities").data, from_binary)
+
+
+def test_a_batch_mixing_binary_and_json_requests_writes_each_as_asked(store: ModelStore) -> None:
+    """One batch of three records: all outputs binary, none, and only the label binary. Each gets
+    its own rows; the record asking for nothing gets the JSON it gets alone, and no length header."""
+    model = _load(store, "sklearn")
+    rows = demo.sklearn_sample_rows(5)
+    label_only = [{"name": "output_label", "parameters": {"binary_data": True}}, {"name": "output_probability"}]
+    items = [
+        _item(model, {"x": rows[:2]}, offset=0, parameters={"binary_data_output": True}),
+        _item(model, {"x": rows[2:3]}, offset=1),
+        _body_item(model, {"inputs": [v2_input("x", "FP32", [2, 4], rows[3:])], "outputs": label_only}, offset=2),
+    ]
+
+    outcomes = score_batch(items, CORRELATION)
+    (alone,) = score_batch([items[1]], CORRELATION)
+
+    assert all(isinstance(o, Result) for o in [*outcomes, alone])
+    values = [o.value for o in outcomes]  # type: ignore[union-attr]
+    lengths = [h.header_length(o.headers) for o in outcomes]  # type: ignore[union-attr]
+    assert (None, alone.value) == (lengths[1], values[1])  # type: ignore[union-attr]
+    labels, _ = demo.sklearn_reference(rows)
+    read = [decode_response(values[i], header_length=lengths[i]).output("output_label").data for i in (0, 2)]
+    assert [labels[:2].tolist(), labels[3:].tolist()] == [r.tolist() for r in read]
+    assert [False, True] == ["data" in o for o in orjson.loads(values[2][: lengths[2]])["outputs"]]
 
 
 class Unholdable(DeferredTensor):

@@ -230,6 +230,19 @@ async def test_send_rows_splits_into_requests_keyed_by_id() -> None:
     assert expected_headers == fake.sent[0]["headers"]
 
 
+async def test_binary_outputs_asks_every_request_for_binary_outputs() -> None:
+    """binary_outputs=True: the requests of send_rows and send_arrays set binary_data_output."""
+    fake = FakeSender()
+    producer = FeatureProducer("unused:9092", "in", binary_outputs=True, producer=fake)
+
+    await producer.send_rows(np.ones((2, 2), dtype=np.float32), rows_per_request=1)
+    await producer.send_arrays({"a": np.ones((1, 2), dtype=np.float32)})
+
+    requests = [decode_request(s["value"]) for s in fake.sent]
+    assert [{"binary_data_output": True}] * 3 == [r.parameters for r in requests]
+    assert [True] * 3 == [r.binary.wants("y") for r in requests]
+
+
 async def test_generated_ids_continue_across_calls() -> None:
     """Generated ids count rows across calls, so no id repeats within one producer."""
     producer = FeatureProducer("unused:9092", "in", id_prefix="p", producer=FakeSender())

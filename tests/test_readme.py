@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from schemas.codec import decode_request, decode_response
@@ -46,6 +47,18 @@ def test_the_response_example_is_a_valid_response() -> None:
     assert [0, 1, 2] == response.output("output_probability").parameters["labels"]
     assert (2, 3) == response.output("output_probability").data.shape
     assert orjson.loads(example)["model_version"] == response.model_version
+
+
+def test_the_binary_output_example_is_a_valid_binary_result() -> None:
+    """The README's binary result decodes once its placeholder is the 16 bytes it names."""
+    [example] = [block for block in code_blocks("text") if "binary_data_size" in block]
+    header = example[: example.index("<")].encode()
+    value = header + np.array([0, 1], dtype="<i8").tobytes()
+
+    response = decode_response(value, header_length=len(header))
+
+    assert [0, 1] == response.output("output_label").data.tolist()
+    assert (2, 3) == response.output("output_probability").data.shape
 
 
 def test_every_streamscore_command_in_the_readme_parses() -> None:

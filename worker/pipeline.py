@@ -10,6 +10,7 @@ import numpy as np
 from artifacts.runtime import LoadedModel
 from artifacts.signature import check_request
 from schemas import headers as h
+from schemas.binary import NO_BINARY
 from schemas.codec import InferenceRequest, Limits, ResponseEncoder, decode_request
 from schemas.errors import (
     DecodeError,
@@ -25,7 +26,6 @@ from worker.deferred import from_json, stack
 from worker.outcomes import DeadLetter, Item, Outcome, Result
 
 MAX_REMEMBERED_LAYOUTS = 1024
-_LENGTH_HEADER = (h.BINARY_HEADER_LENGTH,)
 
 
 def fallback_id(record: Record) -> str:
@@ -40,13 +40,10 @@ def decode(record: Record, limits: Limits) -> InferenceRequest:
 
     Small numeric JSON data stays a list until its batch is scored (`worker.deferred`).
     """
-    raw_length = h.first(record.headers, _LENGTH_HEADER) if record.headers else None
-    header_length = None
-    if raw_length is not None:
-        try:
-            header_length = int(raw_length)
-        except ValueError:
-            raise DecodeError(f"header {h.BINARY_HEADER_LENGTH}={raw_length!r} is not an integer") from None
+    try:
+        header_length = h.header_length(record.headers)
+    except ValueError as error:
+        raise DecodeError(str(error)) from None
     try:
         return decode_request(
             record.value, limits=limits, header_length=header_length, check_finite=False, from_json=from_json
@@ -235,7 +232,7 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
     for item in items:
         rows = item.rows
         try:
-            value = encoder.encode(item.request_id, start, rows, item.request.outputs or model.output_names)
+            value, header_length = _encode(encoder, item, start, model.output_names)
             result_key = item.request_id.encode()
         except Exception as error:  # an output we cannot write must not stop the worker
             rejected = ResultRejectedError(f"the result could not be encoded: {error!r}")
@@ -247,5 +244,15 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
         headers = model_headers
         if item.record.headers:
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
+        if header_length is not None:  # some outputs are binary: the JSON header's length, as on requests
+            headers = [*headers, (h.BINARY_HEADER_LENGTH, str(header_length).encode())]
         results.append(Result(item.record, item.request_id, result_key, value, headers, item.shadow))
     return results
+
+
+def _encode(encoder: ResponseEncoder, item: Item, start: int, all_outputs: Sequence[str]) -> tuple[bytes, int | None]:
+    """The result value of an item's rows, and its JSON header's length when some outputs are binary."""
+    names = item.request.outputs or all_outputs
+    if item.request.binary is NO_BINARY:
+        return encoder.encode(item.request_id, start, item.rows, names), None
+    return encoder.encode_binary(item.request_id, start, item.rows, names, item.request.binary)

@@ -9,7 +9,6 @@ to the suite's table (`make chaos` prints it).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -24,12 +23,7 @@ from tests.chaos.nodes import Nodes
 from tests.chaos.traffic import CommitSampler, Output, Outputs, Stream, end_offsets, read_back
 from tests.chaos.workers import Workers, held_by
 from transport.admin import create_topics
-from worker.settings import Settings
 
-SETTINGS = {f.name for f in dataclasses.fields(Settings)}
-#: The guarantee setting (issue 8) and the per-batch inference timeout are being built on main.
-HAS_GUARANTEE = "guarantee" in SETTINGS
-HAS_INFERENCE_TIMEOUT = "inference_timeout_s" in SETTINGS
 AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
 
 PARTITIONS = 6
@@ -39,16 +33,11 @@ COMMIT_INTERVAL_MS = 200
 SESSION_TIMEOUT_MS = 6000
 
 
-def guarantees(*marks: pytest.MarkDecorator) -> list[Any]:
-    """Both guarantees as parameters; exactly-once is skipped while worker/settings.py has no `guarantee`."""
-    missing = pytest.mark.skipif(
-        not HAS_GUARANTEE,
-        reason="worker/settings.py has no `guarantee` setting yet (issue 8, being built on main): "
-        "the exactly-once cases run once the branches are merged",
-    )
+def guarantees(*, fast: Sequence[str] = ()) -> list[Any]:
+    """Both guarantees as parameters; those in `fast` are in the fast tier (marker `chaos_fast`)."""
     return [
-        pytest.param(AT_LEAST_ONCE, id=AT_LEAST_ONCE, marks=list(marks)),
-        pytest.param(EXACTLY_ONCE, id=EXACTLY_ONCE, marks=[*marks, missing]),
+        pytest.param(guarantee, id=guarantee, marks=[pytest.mark.chaos_fast] if guarantee in fast else [])
+        for guarantee in (AT_LEAST_ONCE, EXACTLY_ONCE)
     ]
 
 
@@ -102,11 +91,8 @@ class Chaos:
             "commit_interval_ms": COMMIT_INTERVAL_MS,
             "session_timeout_ms": SESSION_TIMEOUT_MS,
             "log_format": "json",
+            "guarantee": self.guarantee,
         }
-        if HAS_GUARANTEE:
-            base["guarantee"] = self.guarantee
-        else:
-            assert AT_LEAST_ONCE == self.guarantee, "exactly-once needs the guarantee setting"
         return {**base, **extra}
 
     def start_workers(self, processes: int = 1, name: str | None = None, **extra: Any) -> Workers:
@@ -167,7 +153,9 @@ class Chaos:
         positions = {i.id: (i.partition, i.offset) for i in inputs}
         acked = set().union(*(s.acked for s in streams))
         assert len(inputs) == len(positions), "the input topic holds some request twice"
-        assert acked <= positions.keys(), f"acknowledged requests missing from the input: {len(acked - positions.keys())}"
+        assert acked <= positions.keys(), (
+            f"acknowledged requests missing from the input: {len(acked - positions.keys())}"
+        )
         first: dict[str, int] = {}
         for output in (*results, *dead):
             first[output.id] = min(output.timestamp, first.get(output.id, output.timestamp))
@@ -240,9 +228,7 @@ async def assigned(chaos: Chaos, timeout_s: float = 60.0) -> dict[int, set[int]]
     """Wait until the live worker processes of every supervisor hold every input partition; who holds what."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        holders = {
-            pid: held_by(workers.events(), pid) for workers in chaos.supervisors for pid in workers.children()
-        }
+        holders = {pid: held_by(workers.events(), pid) for workers in chaos.supervisors for pid in workers.children()}
         if set().union(*holders.values()) == set(range(PARTITIONS)):
             return holders
         if asyncio.get_running_loop().time() > deadline:

@@ -44,7 +44,9 @@ class Output:
 class Stream:
     """`count` requests to `topic` at `rate` per second; every `poison_every`-th is poison (not JSON).
 
-    Good ids are `ok-<i>`, poison ids `bad-<i>`. `hold()` stops the stream until `release()`.
+    Records at the indexes `poison_at` are poison too, with the value `poison_value_of` gives (a
+    request the model cannot score in time, ...). Good ids are `ok-<i>`, poison ids `bad-<i>`.
+    `hold()` stops the stream until `release()`.
     An id counts as sent once the broker acknowledged it (`acked`).
     """
 
@@ -55,6 +57,8 @@ class Stream:
     poison_every: int = 100
     seed: int = 0
     value_of: Callable[[int, str], bytes] | None = None  # a custom good value (slow records, ...)
+    poison_at: frozenset[int] = frozenset()
+    poison_value_of: Callable[[int, str], bytes] | None = None
     acked: set[str] = field(default_factory=set)
     _open: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -68,7 +72,7 @@ class Stream:
         return f"bad-{index}" if self.is_poison(index) else f"ok-{index}"
 
     def is_poison(self, index: int) -> bool:
-        return self.poison_every > 0 and index % self.poison_every == self.poison_every - 1
+        return index in self.poison_at or (self.poison_every > 0 and index % self.poison_every == self.poison_every - 1)
 
     @property
     def good(self) -> list[str]:
@@ -87,6 +91,8 @@ class Stream:
     def value(self, index: int) -> bytes:
         """The record value of `index`: poison, a custom value, or a one-row request."""
         request_id = self.id_of(index)
+        if index in self.poison_at and self.poison_value_of is not None:
+            return self.poison_value_of(index, request_id)
         if self.is_poison(index):
             return POISON_VALUE
         if self.value_of is not None:

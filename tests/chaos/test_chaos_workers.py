@@ -9,6 +9,7 @@ committed before the outputs below it; duplicates only where the guarantee allow
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import pytest
 
 from tests.chaos.scenario import (
+    AT_LEAST_ONCE,
     EXACTLY_ONCE,
+    SESSION_TIMEOUT_MS,
     assigned,
     duplicates_outside,
     guarantees,
     uncommitted,
 )
-from tests.chaos.workers import count
+from tests.chaos.workers import count, ever_held_by
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
@@ -76,3 +79,127 @@ async def test_sigkill_one_of_three_worker_processes(chaos: Any, guarantee: str,
     assert set() == unscored, f"{len(unscored)} requests without an output while the workers ran"
     assert {workers.name: 0} == codes
     assert 1 == count(workers.events(), "worker_process_died")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("guarantee", guarantees(fast=(AT_LEAST_ONCE,)))
+async def test_rolling_sigterm_restart_of_every_worker(chaos: Any, guarantee: str) -> None:
+    """Step by step:
+    1. Three supervisors of one worker process each (each its own process group) share six
+       partitions; a stream of requests starts.
+    2. In turn, each supervisor's process group gets SIGTERM (as systemd and Kubernetes send it):
+       its worker drains, commits and leaves; a new supervisor takes its place and the next one
+       goes once every partition is held again.
+    3. The stream finishes; the last three stop on SIGTERM.
+    Nothing is missing, invented, or (a graceful stop commits what it finished) duplicated, in
+    either guarantee; every supervisor exits 0.
+    """
+    c = await chaos("2 rolling sigterm", guarantee)
+    count_, rate = c.tier.pick((4000, 300), (15_000, 500))
+    await c.watch()
+    first = [c.start_workers(name=f"worker-{i}") for i in range(1, 4)]
+    for workers in first:
+        await workers.ready(1)
+    await assigned(c)
+    stream = c.stream(count_, rate)
+    stream.start()
+
+    codes = {}
+    for i, workers in enumerate(first, start=1):
+        await stream.reached(0.2 * i)
+        codes[workers.name] = await workers.stop()
+        await c.start_workers(name=f"worker-{i}-again").ready(1)
+        await assigned(c)
+
+    unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
+    codes |= await c.stop_workers()
+    row = await c.account(bound=0)
+
+    assert "ok" == row.verdict, row.explain()
+    assert set() == unscored
+    assert dict.fromkeys(codes, 0) == codes
+
+
+@pytest.mark.timeout(600)
+async def test_sigstop_a_worker_mid_transaction_then_sigcont(chaos: Any) -> None:
+    """Step by step (exactly-once):
+    1. One supervisor runs two worker processes on six partitions; a stream starts, so that each
+       has a transaction open at every moment.
+    2. At 30 % of the stream one worker process gets SIGSTOP and stays frozen for twice the session
+       timeout: the broker aborts its open transaction (transaction timeout below the session
+       timeout), the group gives its partitions to the other process, whose producers fence its own.
+    3. SIGCONT: the frozen process wakes with a transaction that can no longer commit.
+    4. The stream finishes; the workers stop on SIGTERM.
+    Its transaction never commits: the records of the partitions it held appear exactly once, as
+    every other record; nothing is missing.
+    """
+    c = await chaos("5 sigstop 2x session", EXACTLY_ONCE)
+    count_, rate = c.tier.pick((4000, 200), (10_000, 300))
+    await c.watch()
+    workers = c.start_workers(processes=2)
+    pids = await workers.ready(2)
+    holders = await assigned(c)
+    stream = c.stream(count_, rate)
+    stream.start()
+
+    await stream.reached(0.3)
+    frozen = next(pid for pid in pids if holders.get(pid))
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(2 * SESSION_TIMEOUT_MS / 1000)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+
+    unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
+    codes = await c.stop_workers()
+    row = await c.account(bound=0)
+
+    assert "ok" == row.verdict, row.explain()
+    assert [] == duplicates_outside(c, {})
+    assert set() == unscored
+    assert {workers.name: 0} == codes
+    assert ever_held_by(workers.events(), pid=next(p for p in pids if p != frozen)) & holders[frozen], (
+        "the other process never took the frozen one's partitions"
+    )
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("guarantee", guarantees())
+async def test_rebalance_storm(chaos: Any, guarantee: str) -> None:
+    """Step by step:
+    1. One worker process (a supervisor of one) serves six partitions; a stream starts.
+    2. Every few seconds the number of worker processes changes, 1 -> 4 -> 2 -> 3: supervisors
+       start, or get SIGTERM to their process group, several at once; each change is a rebalance
+       under load.
+    3. The stream finishes; the remaining three stop on SIGTERM.
+    Nothing is missing or invented; as no process dies (every one leaves by SIGTERM, committing
+    on revocation), nothing is duplicated in either guarantee; every supervisor exits 0.
+    """
+    c = await chaos("6 rebalance storm", guarantee)
+    count_, rate = c.tier.pick((5000, 300), (15_000, 400))
+    interval_s = c.tier.pick(3.0, 6.0)
+    await c.watch()
+    live = [c.start_workers(name="worker-1")]
+    await live[0].ready(1)
+    await assigned(c)
+    stream = c.stream(count_, rate)
+    stream.start()
+
+    codes: dict[str, int] = {}
+    for target in (4, 2, 3):
+        await asyncio.sleep(interval_s)
+        while len(live) < target:
+            live.append(c.start_workers(name=f"worker-{len(c.supervisors) + 1}"))
+        leaving, live = live[: len(live) - target], live[len(live) - target :]
+        stopped = await asyncio.gather(*(w.stop() for w in leaving))
+        codes |= {w.name: code for w, code in zip(leaving, stopped, strict=True)}
+        await asyncio.gather(*(w.ready(1) for w in live))
+
+    unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
+    codes |= await c.stop_workers()
+    row = await c.account(bound=0)
+
+    assert "ok" == row.verdict, row.explain()
+    assert set() == unscored
+    assert dict.fromkeys(codes, 0) == codes
+    assert 3 == len(live) and 5 == len(c.supervisors)

@@ -106,8 +106,9 @@ async def test_transaction_coordinator_leader_down_for_a_minute(chaos: Any) -> N
 async def test_results_topic_unwritable_two_of_three_brokers_down(chaos: Any, guarantee: str) -> None:
     """Step by step:
     1. One supervisor runs two worker processes; a stream starts.
-    2. At 40 % of the stream two of the three nodes get SIGKILL (and the stream holds, its own
-       writes as impossible): no topic can take a write with fewer than two replicas in sync, so
+    2. At 40 % of the stream two of the three nodes get SIGKILL, both but the group coordinator's
+       (so the workers' commits reach a live coordinator), and the stream holds (its own writes
+       as impossible): no topic can take a write with fewer than two replicas in sync, so
        every result the workers have in flight is refused, and stays refused for a while.
     3. The two nodes come back; the stream goes on and finishes; the workers stop on SIGTERM.
     No input offset was committed ahead of its output (the commits sampled all along, the checker's
@@ -126,8 +127,8 @@ async def test_results_topic_unwritable_two_of_three_brokers_down(chaos: Any, gu
 
     await stream.reached(0.4)
     stream.hold()
-    victims = [n for n in c.nodes.ids if n != await c.nodes.leader_of(OFFSETS_TOPIC)][:1]
-    victims += [n for n in c.nodes.ids if n not in victims][:1]
+    coordinator = await c.nodes.leader_of(OFFSETS_TOPIC)
+    victims = [n for n in c.nodes.ids if n != coordinator]
     for node_id in victims:
         await c.nodes.kill(node_id)
     await asyncio.sleep(down_s)
@@ -169,7 +170,8 @@ async def test_dead_letter_topic_unwritable_while_poison_arrives(chaos: Any, gua
     stream.start()
 
     await stream.reached(0.3)
-    victim = next(n for n in c.nodes.ids if n != await c.nodes.leader_of(OFFSETS_TOPIC))
+    coordinator = await c.nodes.leader_of(OFFSETS_TOPIC)
+    victim = next(n for n in c.nodes.ids if n != coordinator)
     await c.nodes.kill(victim)
     sent_before = set(stream.poison)
     await asyncio.sleep(down_s)

@@ -133,7 +133,15 @@ async def chaos(
         await nodes.heal()
         topics = await make_topics(nodes.bootstrap, dead_configs, results_configs)
         world = Chaos(
-            nodes, tier, tmp_path, scenario, guarantee, model_root or mlp_root, topics, f"g-{uuid.uuid4().hex[:8]}", record
+            nodes,
+            tier,
+            tmp_path,
+            scenario,
+            guarantee,
+            model_root or mlp_root,
+            topics,
+            f"g-{uuid.uuid4().hex[:8]}",
+            record,
         )
         made.append(world)
         return world

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install lint format typecheck test test-unit bench demo broker-start broker-stop clean
+.PHONY: install lint format typecheck test test-unit chaos bench demo broker-start broker-stop clean
 
 install: $(STAMP)  ## virtual environment with streamscore and its dev tools
 
@@ -26,11 +26,14 @@ format: install
 typecheck: install  ## mypy strict on the packages
 	$(PY) -m mypy
 
-test: install  ## every test, the real-broker ones included (the suite starts its own broker)
+test: install  ## every test, the real-broker ones and the fast fault scenarios included (the suite starts its own brokers)
 	$(PY) -m pytest
 
 test-unit: install  ## only the tests that need no broker
 	$(PY) -m pytest -m "not kafka"
+
+chaos: install  ## every fault scenario at full size on a local 3-node cluster (about 30 min); prints the checker's table
+	$(PY) -m pytest tests/chaos -m chaos --chaos=full
 
 bench: install  ## benchmark on the local broker; writes bench/results.json
 	$(PY) -m bench

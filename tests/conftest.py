@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parent.parent
 MakeTopics = Callable[..., Awaitable[list[str]]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--chaos=full` runs every fault scenario of tests/chaos at full size (`make chaos`); by default only
+    the fast subset (marker `chaos_fast`) runs, small."""
+    parser.addoption(
+        "--chaos",
+        choices=("fast", "full"),
+        default="fast",
+        help="fault scenarios on a 3-node cluster: the fast subset (default) or every one, at full size",
+    )
+
+
 @pytest.fixture(scope="session")
 def kafka_config(tmp_path_factory: pytest.TempPathFactory) -> local.BrokerConfig:
     """Where the session's broker keeps its data (fresh) and jars (shared cache)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import RequestTimedOutError
 
 from schemas.codec import decode_response
-from tests.fakes import FakeClients, FakeCluster
+from tests.fakes import FakeClients, FakeCluster, FakeTransactionalProducer
 from tests.test_runner import DLT, IN, OUT, committed, running, send_requests, settings_for, until
 from tests.test_runner import model_root as model_root  # the fixture: two versions of the MLP
 from worker.runner import Worker
@@ -112,3 +113,70 @@ async def test_a_zombie_whose_producer_was_fenced_commits_nothing(model_root: Pa
         assert 0 not in committed(cluster)
         assert all(int(i[1:]) % 2 == 1 for i in result_ids(cluster))  # only partition 1's results
         assert TopicPartition(IN, 0) in (clients.made_consumer.paused() if clients.made_consumer else set())
+
+
+class LateCommitClients(FakeClients):
+    """The last owner's transaction of partition 0 completes while the new producer's init_transactions
+    waits for it: the group's offset moves from 0 to `moved_to` after the consumer read its position."""
+
+    def __init__(self, cluster: FakeCluster, group: str, moved_to: int) -> None:
+        super().__init__(cluster)
+        self.group, self.moved_to = group, moved_to
+
+    def transactional_producer(self, settings: Any, limits: Any, transactional_id: str) -> FakeTransactionalProducer:
+        producer = super().transactional_producer(settings, limits, transactional_id)
+        start, cluster, group, moved_to = producer.start, self.cluster, self.group, self.moved_to
+
+        async def start_after_the_last_owner() -> None:
+            if transactional_id.endswith("-0"):
+                cluster.committed[(group, TopicPartition(IN, 0))] = moved_to
+            await start()
+
+        producer.start = start_after_the_last_owner  # type: ignore[method-assign]
+        return producer
+
+
+async def test_a_partition_taken_over_is_read_from_what_its_last_owner_committed(
+    model_root: Path, cluster: FakeCluster
+) -> None:
+    """The consumer positions a new partition at the offset committed so far; the last owner's
+    transaction, committing offset 6 with its results, completes only while the new producer starts.
+    Read from 0, records 0..5 would be scored twice; the worker reads it again from 6 once its
+    producer has started, so partition 0's results are those of offsets 6..9 alone."""
+    ids = send_requests(cluster, 20)  # partition 0 takes the even ids r0, r2, ..., partition 1 the odd
+    clients = LateCommitClients(cluster, "streamscore", moved_to=6)
+
+    assert 0 == await asyncio.wait_for(Worker(exactly_once(model_root, burst=True), clients=clients).run(), 30)
+
+    partition_0 = [i for i in ids if int(i[1:]) % 2 == 0]
+    assert Counter([*partition_0[6:], *(i for i in ids if int(i[1:]) % 2 == 1)]) == result_ids(cluster)
+    assert {0: 10, 1: 10} == committed(cluster)
+
+
+async def test_a_producer_that_cannot_abort_is_replaced_and_its_partition_read_again(
+    model_root: Path, cluster: FakeCluster
+) -> None:
+    """Step by step: a send fails inside partition 0's transaction and the abort then raises as aiokafka
+    does for a producer in its fatal state (AssertionError). The partition is given up and held; a
+    session timeout later it is still this worker's, so a new producer starts for it and it is read again
+    from its committed offset: every id has exactly one visible result, and the worker never stops."""
+    ids = send_requests(cluster, 20)
+    clients = FakeClients(cluster)
+    clients.producer_script.append((OUT, RequestTimedOutError(), 1, False))
+    settings = exactly_once(model_root, burst=True, session_timeout_ms=1000)
+    worker = Worker(settings, clients=clients)  # type: ignore[arg-type]
+    broken = f"streamscore-{IN}-0"
+
+    async def fatal_abort() -> None:
+        raise AssertionError("Invalid state transition TransactionState.FATAL_ERROR -> ABORTING_TRANSACTION")
+
+    async def break_the_first_producer() -> None:
+        await until(lambda: broken in clients.transactional)
+        clients.transactional[broken].abort_transaction = fatal_abort  # type: ignore[method-assign]
+
+    code, _ = await asyncio.wait_for(asyncio.gather(worker.run(), break_the_first_producer()), 30)
+
+    assert 0 == code
+    assert Counter(ids) == result_ids(cluster)
+    assert {0: 10, 1: 10} == committed(cluster)
+    assert 2 == cluster.epochs[broken] + 1  # a second producer started for partition 0

@@ -58,6 +58,7 @@ class Barrier(Protocol):
     def hold(self, partitions: set[TopicPartition]) -> None: ...
     def release(self, partitions: set[TopicPartition]) -> None: ...
     async def idle(self, partitions: set[TopicPartition]) -> bool: ...
+    async def restart(self, partitions: set[TopicPartition]) -> None: ...
 
 
 class TransactionalCommitter:
@@ -79,6 +80,7 @@ class TransactionalCommitter:
         tracker: OffsetTracker[TopicPartition],
         transactions: PartitionTransactions,
         barrier: Barrier,
+        restart_after_s: float = 10.0,
     ) -> None:
         self.consumer = consumer
         self.tracker = tracker
@@ -86,6 +88,8 @@ class TransactionalCommitter:
         self.barrier = barrier
         self.policy = RetryPolicy()
         self._aborts: dict[TopicPartition, int] = {}  # aborts in a row
+        self.restart_after_s = restart_after_s
+        self._restarts: set[asyncio.Task[None]] = set()
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit (or abort and rewind) the transactions of `partitions`, or of every assigned one."""
@@ -117,29 +121,47 @@ class TransactionalCommitter:
             return True
         try:
             await self.transactions.commit(partition, offset)
-        except ProducerFenced:
-            await self._give_up(partition)
+        except ProducerFenced as error:
+            await self._give_up(partition, repr(error))
             return False
         except KafkaError as error:
             await self._abort(partition, repr(error))
+            return False
+        except Exception as error:  # aiokafka's producer in its fatal state raises AssertionError
+            await self._give_up(partition, repr(error))
             return False
         self.tracker.mark_committed({partition: offset})
         self._aborts.pop(partition, None)
         return True
 
-    async def _give_up(self, partition: TopicPartition) -> None:
-        """Another worker holds the partition now (its producer fenced ours): let it go, held until revoked."""
+    async def _give_up(self, partition: TopicPartition, why: str) -> None:
+        """The partition's producer cannot go on: fenced by another worker's (the partition moved while this
+        one was cut off), or broken (its transaction timed out through a broker outage). Drop it and keep the
+        partition held; if it is still this worker's after a session timeout (no new owner came), start a new
+        producer for it and read it again from its committed offset (`Barrier.restart`)."""
         log.warning(
             "partition_fenced",
             partition=shown(partition),
-            hint="another worker took this partition over (this one was too slow or cut off); its group revokes it",
+            reason=why,
+            restart_in_s=self.restart_after_s,
+            hint="another worker took it over, or its transaction timed out; if it is still assigned here "
+            "after the session timeout, it starts again from its committed offset",
         )
         await self.transactions.release([partition])
         self.tracker.forget([partition])
+        self._aborts.pop(partition, None)
+        asyncio.get_running_loop().call_later(self.restart_after_s, self._restart, partition)
+
+    def _restart(self, partition: TopicPartition) -> None:
+        task = asyncio.get_running_loop().create_task(self.barrier.restart({partition}))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
 
     async def _abort(self, partition: TopicPartition, why: str) -> None:
         """Abort the partition's transaction, read it again from its committed offset, after a backoff."""
-        await self.transactions.abort(partition)
+        if not await self.transactions.abort(partition):
+            await self._give_up(partition, f"{why}; its producer cannot abort")
+            return
         self.tracker.forget([partition])
         await self.consumer.seek_to_committed(partition)
         aborts = self._aborts[partition] = self._aborts.get(partition, 0) + 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -31,7 +31,7 @@ from worker.committer import Committer, TransactionalCommitter
 from worker.control import ControlFollower
 from worker.flow import Flow, size_of
 from worker.observe import Observer
-from worker.offsets import OffsetTracker, partition_of
+from worker.offsets import OffsetTracker, partition_of, shown
 from worker.outcomes import DeadLetter, Outcome
 from worker.pauses import Pauses
 from worker.retrytopics import RetryTopics, first_not_due
@@ -84,6 +84,7 @@ class Worker:
         self.transactions: PartitionTransactions | None = None  # exactly once
         self.retries = RetryTopics.of(settings)
         self.pauses = Pauses()
+        self._floors: dict[TopicPartition, int] = {}  # exactly once: where each partition was read from
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
@@ -153,7 +154,9 @@ class Worker:
         self.committer = (
             Committer(self.consumer, self.tracker)
             if self.transactions is None
-            else TransactionalCommitter(self.consumer, self.tracker, self.transactions, self)  # self: the Barrier
+            else TransactionalCommitter(  # self: the Barrier
+                self.consumer, self.tracker, self.transactions, self, s.session_timeout_ms / 1000
+            )
         )
         self._start_tasks()
         log.info(
@@ -262,7 +265,10 @@ class Worker:
         """Fetch what there is room for and admit it; whether anything came."""
         self._polled_at = self.clock()
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
-        for partition, records in fetched.items():
+        for partition, fetched_records in fetched.items():
+            records = self._admissible(partition, fetched_records)
+            if not records:
+                continue
             due, next_due = first_not_due(records, self.retries, self.pauses.now_ms())
             for record in records[:due]:
                 await self.take(record)
@@ -271,6 +277,18 @@ class Worker:
         if fetched:
             self.scoring.wake.set()
         return bool(fetched)
+
+    def _admissible(self, partition: TopicPartition, records: Sequence[Record]) -> Sequence[Record]:
+        """Exactly once: none of a partition's records before its producer has started and it was read
+        from its committed offset (`_take_on`), and none below that offset. aiokafka may fetch a newly
+        assigned partition from an offset its last owner's transaction was still replacing (it does not
+        ask for stable offsets, KIP-447); those records are in that transaction already."""
+        if self.transactions is None:
+            return records
+        floor = self._floors.get(partition)
+        if floor is None:
+            return []
+        return records if records[0].offset >= floor else [r for r in records if r.offset >= floor]
 
     async def take(self, record: Record) -> None:
         """Track a fetched record and carry out its fate: batch it, dead-letter it, or load first."""
@@ -367,13 +385,38 @@ class Worker:
             await self.transactions.release(partitions)
         self.tracker.forget(partitions)
         self.pauses.forget(partitions)
+        for partition in partitions:
+            self._floors.pop(partition, None)
         if revoked:
-            log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+            log.info("partitions_revoked", partitions=sorted(shown(tp) for tp in revoked))
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Exactly once: start the producers of the partitions newly assigned, fencing their last owners."""
-        if self.transactions is not None:
-            await self.transactions.assign(assigned)
+        if self.transactions is not None and assigned:
+            await self._take_on(assigned)
+
+    async def restart(self, partitions: set[TopicPartition]) -> None:
+        """Exactly once: a partition whose producer was dropped (fenced, or broken) and that is still ours
+        gets a new producer and is read again from its committed offset (worker/committer.py)."""
+        still = partitions & self._consumer.assignment()
+        if still:
+            log.info("partitions_restarted", partitions=sorted(shown(tp) for tp in still))
+            await self._take_on(still)
+        else:
+            self.pauses.release(partitions)
+
+    async def _take_on(self, partitions: set[TopicPartition]) -> None:
+        """Start the partitions' producers (their `init_transactions` fences the last owner and waits
+        until its last transaction is complete), then read each from its committed offset, now stable."""
+        assert self.transactions is not None and self.consumer is not None
+        self.pauses.hold(partitions)
+        try:
+            await self.transactions.assign(partitions)
+            for partition in sorted(partitions):
+                await self.consumer.seek_to_committed(partition)
+                self._floors[partition] = await self.consumer.position(partition)
+        finally:
+            self.pauses.release(partitions)
 
     def hold(self, partitions: set[TopicPartition]) -> None:
         """A transactional commit: stop taking these partitions' records (worker/committer.py)."""

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 
 from transport.seams import TransactionalProducer
 from worker.clients import Clients, connect
@@ -87,15 +86,21 @@ class PartitionTransactions:
             await producer.commit_transaction()
             self._open.discard(partition)
 
-    async def abort(self, partition: TopicPartition) -> None:
-        """Abort the partition's open transaction, if any: none of its outcomes will be seen."""
+    async def abort(self, partition: TopicPartition) -> bool:
+        """Abort the partition's open transaction, if any: none of its outcomes will be seen. False when
+        the producer cannot go on (fenced, or in aiokafka's fatal state): start a new one."""
+        if partition not in self._producers:
+            return False
         async with self._locks[partition]:
-            if partition in self._open:
-                self._open.discard(partition)
-                try:
-                    await self._producers[partition].abort_transaction()
-                except KafkaError as error:  # fenced, or the broker gone: the broker aborts it on its own
-                    log.warning("transaction_not_aborted", partition=shown(partition), error=repr(error))
+            if partition not in self._open:
+                return True
+            self._open.discard(partition)
+            try:
+                await self._producers[partition].abort_transaction()
+            except Exception as error:  # fenced, fatal, or the broker gone: the broker aborts it in time
+                log.warning("transaction_not_aborted", partition=shown(partition), error=repr(error))
+                return False
+            return True
 
     async def release(self, partitions: Iterable[TopicPartition]) -> None:
         """Abort what is open and stop the producers of partitions this worker gives up."""
@@ -104,7 +109,12 @@ class PartitionTransactions:
             producer = self._producers.pop(partition)
             del self._locks[partition]
             self._ready.pop(partition, None)
-            await producer.stop()
+            try:
+                await producer.stop()
+            except (
+                Exception
+            ) as error:  # a producer in a fatal state may fail to stop cleanly: it is dropped all the same
+                log.warning("transactional_producer_not_stopped", partition=shown(partition), error=repr(error))
 
     async def close(self) -> None:
         """Release every partition (at shutdown, after the last commit)."""

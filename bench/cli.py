@@ -46,6 +46,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", type=Path, help="cProfile the single-row streamscore run: PATH.{loop,thread}.pstats"
     )
+    parser.add_argument(
+        "--no-stages", dest="stages", action="store_false", help="leave out the per-stage timing (to see its cost)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where results.json goes")
     return parser
 
@@ -56,7 +59,11 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    values: dict[str, Any] = {"scenarios": tuple(SCENARIOS[n] for n in names), "output": args.output}
+    values: dict[str, Any] = {
+        "scenarios": tuple(SCENARIOS[n] for n in names),
+        "output": args.output,
+        "stages": args.stages,
+    }
     if args.quick:
         values |= {
             "quick": True,

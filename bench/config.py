@@ -65,6 +65,7 @@ class BenchConfig:
     scenarios: tuple[Scenario, ...]
     records: int | None = None  # None: each scenario's default
     quick: bool = False
+    stages: bool = True  # time each stage (bench/stages.py); --no-stages to see what the timing costs
     naive_records: int = DEFAULT_NAIVE_RECORDS
     partitions: int = DEFAULT_PARTITIONS
     ort_seconds: float = DEFAULT_ORT_SECONDS

@@ -10,6 +10,7 @@ streamscore and for echo at the same rate. A multi-process scenario runs `stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -67,7 +68,7 @@ async def measure(
     else:
         progress(f"{scenario.name}: streamscore")
         clock, memory = StageClock(), Memory()
-        with clock.installed():
+        with clock.installed() if config.stages else contextlib.nullcontext(clock):
             worker, wall = await memory.during(run_burst(settings, rows, config.profile if rows == 1 else None))
         await _check_outputs(bootstrap, config.partitions, outs, {"echo": echo, "streamscore": worker.span})
         streamscore_rows = worker.span.rows_per_s

@@ -96,6 +96,7 @@ class Settings(Connection):
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     burst: bool = False  # exit once every assigned partition is drained (tests, batch jobs)
     worker_id: str = ""  # empty: "<hostname>-<pid>"
+    metrics_port: int = 0  # /metrics, /healthz, /readyz on this port (one for all processes); 0: off
     # Logs
     log_format: str = "auto"  # auto (console on a terminal, else json), json, console
     log_level: str = "info"
@@ -120,6 +121,8 @@ class Settings(Connection):
                 f"{setting_name('guarantee')} must be at-least-once or exactly-once, not {self.guarantee!r}"
             )
         self._check_retry_topics()
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{setting_name('metrics_port')} must be 0 (off) or a TCP port, got {self.metrics_port}")
         if self.inference_timeout_s < 0:
             raise ConfigError(f"{setting_name('inference_timeout_s')} must be 0 (none) or more seconds")
         if self.compression not in COMPRESSIONS:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from schemas.records import Record
 from worker.batcher import Batch
 from worker.outcomes import Item, Outcome, Result
@@ -20,6 +22,9 @@ class Observer:
 
     def consumed(self, record: Record) -> None:
         """A record was fetched."""
+
+    def started(self, batch: Batch[Item]) -> None:
+        """A batch is about to go through the model."""
 
     def scored(self, batch: Batch[Item]) -> None:
         """A batch went through the model."""
@@ -35,6 +40,9 @@ class Observer:
             self.counts["retried"] += 1
         else:
             self.counts["dead_letters"] += 1
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        """A rebalance finished; these partitions are this process's now."""
 
     def summary(self) -> dict[str, Any]:
         """The counts, as log keys."""

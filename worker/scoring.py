@@ -65,6 +65,7 @@ class ScoreLoop:
         """Score batches as they close, forever (cancelled at shutdown)."""
         while True:
             batch = await self.next_batch()
+            self.observer.started(batch)
             outcomes = await self.outcomes_of(batch)
             self.observer.scored(batch)
             for outcome in outcomes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
@@ -37,6 +38,8 @@ class Serving:
         self.worker = worker
         self.publish = publish
         self.switches = 0
+        self.switched: Counter[str] = Counter()  # switches of each model's default version
+        self.refusals: Counter[tuple[str, str]] = Counter()  # (model, version): times refused at load
         self._states: dict[str, DesiredState] = {}
         self._defaults: dict[str, str] = {}
         self.lineup = Lineup(store.default_name)
@@ -85,6 +88,7 @@ class Serving:
                 model = await self.load(found, version)
             except ModelLoadError as error:
                 log.error("model_version_refused", model=found, version=version, error=str(error))
+                self.refusals[(found, version)] += 1
                 if self.store.is_pinned(found, version):  # no other version may stand in for a pinned one
                     raise ModelNotFoundError(
                         f"the pinned version {version} of model {found} cannot be served: {error}; "
@@ -103,6 +107,7 @@ class Serving:
             try:
                 await self.load(name, version)
             except (ModelLoadError, ModelNotFoundError) as error:
+                self.refusals[(name, version)] += 1
                 log.error(
                     "model_version_refused",
                     model=name,
@@ -117,6 +122,7 @@ class Serving:
         self._refresh()
         if before is not None and effective.current not in (None, before):
             self.switches += 1
+            self.switched[name] += 1
             log.info("model_switched", model=name, previous=before, current=effective.current, change=state.change)
         await self.report(effective)
 

@@ -73,6 +73,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.serving = Serving(store or ModelStore.from_settings(settings), self.executor, settings.worker_name)
         self.scoring = ScoreLoop(settings, self.executor, self._send, clock, self.observer)
+        self.started = False  # connected, model loaded, group joined (or joining)
         self.stopping = False
         self.fatal: FatalError | None = None
         self._stuck = 0  # records whose outcome was refused for good: never acknowledged
@@ -93,6 +94,11 @@ class Worker:
     def in_flight(self) -> int:
         """Records taken and not yet acknowledged."""
         return self.flow.in_flight
+
+    @property
+    def since_poll(self) -> float:
+        """Seconds since the consumer was last polled (fetching, or polling while paused)."""
+        return self.clock() - self._polled_at
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,6 +165,7 @@ class Worker:
             )
         )
         self._start_tasks()
+        self.started = True
         log.info(
             "worker_started",
             topic=s.input_topic,
@@ -392,6 +399,7 @@ class Worker:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Exactly once: start the producers of the partitions newly assigned, fencing their last owners."""
+        self.observer.assigned(assigned)
         if self.transactions is not None and assigned:
             await self._take_on(assigned)
 

@@ -20,14 +20,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 import structlog
 
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from worker.logs import configure_logging
+from worker.monitor import make_observer, observe
 from worker.runner import Worker
 from worker.settings import Settings
+from worker.shared import SharedEndpoint
 
 log = structlog.get_logger("streamscore.supervisor")
 
@@ -39,12 +42,12 @@ STABLE_AFTER_S = 60.0
 POLL_S = 0.2
 
 
-def child_main(settings: Settings) -> None:
-    """Entry point of a worker process."""
+def child_main(settings: Settings, reports: str | None = None) -> None:
+    """Entry point of a worker process (`reports`: the folder of the supervisor's metrics endpoint)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_format, settings.log_level, worker=settings.worker_name)
     try:
-        code = asyncio.run(_serve(settings))
+        code = asyncio.run(_serve(settings, Path(reports) if reports else None))
     except (ConfigError, ModelLoadError, ModelNotFoundError) as error:
         log.error("worker_unusable", error=str(error))
         code = EXIT_UNUSABLE
@@ -54,10 +57,13 @@ def child_main(settings: Settings) -> None:
     sys.exit(code)
 
 
-async def _serve(settings: Settings) -> int:
-    worker = Worker(settings)
+async def _serve(settings: Settings, reports: Path | None) -> int:
+    observer = make_observer() if settings.metrics_port else None
+    worker = Worker(settings, observer=observer)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)  # idempotent
-    return await worker.run()
+    if observer is None:
+        return await worker.run()
+    return await observe(worker, observer, settings.metrics_port, reports)
 
 
 @dataclass
@@ -76,21 +82,33 @@ class Supervisor:
     children: dict[int, _Child] = field(default_factory=dict)
     signals: int = 0
     result: int = EXIT_OK
+    shared: SharedEndpoint | None = None  # the metrics endpoint of N processes (one serves its own)
 
     def run(self) -> int:
         """Start the children, supervise them, return the exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("supervisor_started", processes=self.settings.processes, pid=os.getpid())
-        for index in range(self.settings.processes):
-            self._start(index, restarts=0)
-        while self.children:
-            time.sleep(POLL_S)
-            for child in list(self.children.values()):
-                if not child.process.is_alive():
-                    self._reap(child)
+        if self.settings.metrics_port and self.settings.processes > 1:
+            self.shared = SharedEndpoint(self.settings.metrics_port, self._pids)
+        try:
+            for index in range(self.settings.processes):
+                self._start(index, restarts=0)
+            while self.children:
+                time.sleep(POLL_S)
+                for child in list(self.children.values()):
+                    if not child.process.is_alive():
+                        self._reap(child)
+        finally:
+            if self.shared is not None:
+                self.shared.close()
         log.info("supervisor_stopped", exit_code=self.result)
         return self.result
+
+    def _pids(self) -> dict[int, str]:
+        """The processes running, by pid (called from the endpoint's thread: a copy of the table)."""
+        children = self.children.copy()
+        return {c.process.pid: f"process {i}" for i, c in children.items() if c.process.pid is not None}
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals += 1
@@ -110,8 +128,9 @@ class Supervisor:
     def _start(self, index: int, restarts: int) -> None:
         name = f"{self.settings.worker_id}-{index}" if self.settings.worker_id else ""
         settings = self.settings.replace(worker_id=name)
+        reports = str(self.shared.folder) if self.shared is not None else None
         process = multiprocessing.get_context("spawn").Process(
-            target=child_main, args=(settings,), name=f"streamscore-worker-{index}", daemon=False
+            target=child_main, args=(settings, reports), name=f"streamscore-worker-{index}", daemon=False
         )
         process.start()
         self.children[index] = _Child(index, process, time.monotonic(), restarts)
@@ -120,6 +139,8 @@ class Supervisor:
     def _reap(self, child: _Child) -> None:
         del self.children[child.index]
         code = child.process.exitcode
+        if self.shared is not None and child.process.pid is not None:
+            self.shared.exited(child.process.pid)
         if self.signals or (code == EXIT_OK and self.settings.burst):
             if code not in (EXIT_OK, None):
                 self.result = EXIT_FAILED

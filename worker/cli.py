@@ -27,6 +27,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     for item in fields(Settings):
         if item.name not in ENVIRONMENT_ONLY:
             _add_setting_flag(parser, item.name, default_of(Settings, item.name))
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not run: exit 0 if the worker running on --metrics-port of 127.0.0.1 is ready, else 1",
+    )
     return parser
 
 
@@ -65,6 +70,20 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     overrides = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
     settings = from_sources(environ, overrides)
+    if getattr(args, "check", False):
+        return check(settings.metrics_port)
     configure_logging(settings.log_format, settings.log_level, role="supervisor")
     ModelStore.from_settings(settings).default_version()
     return Supervisor(settings).run()
+
+
+def check(port: int) -> int:
+    """`--check`: one line saying whether the running worker is ready; 0 if it is, else 1."""
+    from worker.endpoint import check_ready
+
+    if not port:
+        print(f"not ready: no metrics port ({setting_name('metrics_port')} or --metrics-port)")
+        return 1
+    verdict = check_ready(port)
+    print(verdict.reason if verdict.ok else f"not ready: {verdict.reason}")
+    return 0 if verdict.ok else 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.local import free_port
+from streamscore.cli import main
 from worker.endpoint import Checks, check_ready, respond, serve_on_loop
 from worker.health import (
     BROKER_BOUND_S,
@@ -88,15 +89,17 @@ def test_the_endpoint_answers_each_path() -> None:
 
 
 async def test_the_event_loop_endpoint_and_the_check_command() -> None:
-    """Served on the loop: the check reads /readyz over HTTP, ready or not, and fails when nothing listens."""
+    """Served on the loop: the check reads /readyz over HTTP; `worker --check` exits 0 when ready, 1 when not."""
     ready = [True]
     checks = Checks(lambda: b"", lambda: Verdict(True, "fetching"), lambda: Verdict(ready[0], "why"))
     port = free_port()
     server = await serve_on_loop(port, checks)
     try:
         assert Verdict(True, "ok: why") == await asyncio.to_thread(check_ready, port)
+        assert 0 == await asyncio.to_thread(main, ["worker", "--check", "--metrics-port", str(port)])
         ready[0] = False
         assert Verdict(False, "why") == await asyncio.to_thread(check_ready, port)
+        assert 1 == await asyncio.to_thread(main, ["worker", "--check", "--metrics-port", str(port)])
     finally:
         server.close()
         await server.wait_closed()

@@ -1,0 +1,120 @@
+"""Metrics and health of `streamscore worker --processes 2` on the real broker: one endpoint for both."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.local import free_port
+from demo.models import install_model, make_mlp
+from schemas.codec import encode_request
+from tests.harness import REPO, Out, produce, start_worker, stop_worker, worker_env
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 3
+GOOD = 30
+POISON = [b"not json", b"", encode_request({"x": np.zeros((1, 3), np.float32)}, id="narrow")]
+POISON_STAGES = {"decode": 2, "validate": 1}
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """GET a path of the endpoint: status and body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, repr(error)
+
+
+def scrape(port: int) -> dict[str, Counter[str]]:
+    """Results summed over every label, and dead letters by stage, from one scrape of /metrics."""
+    status, text = get(port, "/metrics")
+    assert 200 == status, text
+    found: dict[str, Counter[str]] = {"results": Counter(), "dead_letters": Counter(), "consumed": Counter()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "streamscore_results_total":
+                found["results"]["all"] += int(sample.value)
+            elif sample.name == "streamscore_dead_letters_total":
+                found["dead_letters"][sample.labels["stage"]] += int(sample.value)
+            elif sample.name == "streamscore_records_consumed_total":
+                found["consumed"]["all"] += int(sample.value)
+    return found
+
+
+def wait_for(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+async def test_two_processes_serve_one_endpoint_with_their_summed_counts(
+    kafka_bootstrap: str,
+    make_topics,
+    unique_group: str,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Step by step: start 2 worker processes with a metrics port; wait until /readyz says ready; send 30
+    good requests and 3 poison records; one scrape of the supervisor's port sums both processes: 30
+    results, 2 decode and 1 validate dead letters; /healthz and /readyz answer 200; `worker --check`
+    exits 0; on SIGTERM the worker exits 0."""
+    topic, results, dead = await make_topics("in", "out", "in.DLT", partitions=PARTITIONS)
+    root = tmp_path / "models"
+    install_model(root, "mlp", "1", make_mlp)
+    port = free_port()
+    settings = {
+        "bootstrap_servers": kafka_bootstrap,
+        "input_topic": topic,
+        "results_topic": results,
+        "dead_letter_topic": dead,
+        "group_id": unique_group,
+        "control_topic": "",
+        "model_root": str(root),
+        "model_name": "mlp",
+        "processes": 2,
+        "metrics_port": port,
+        "log_format": "json",
+    }
+    process = start_worker(settings, tmp_path / "worker.log")
+    try:
+        await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 200, 90, "/readyz 200")
+        rows = np.random.default_rng(0).random((GOOD, 8), dtype=np.float32)
+        good = [Out(f"r{i}".encode(), encode_request({"x": rows[i : i + 1]}, id=f"r{i}")) for i in range(GOOD)]
+        await produce(kafka_bootstrap, topic, [*good, *(Out(b"poison", value) for value in POISON)])
+
+        def counted() -> bool:
+            found = scrape(port)
+            return found["results"]["all"] + sum(found["dead_letters"].values()) >= GOOD + len(POISON)
+
+        await asyncio.to_thread(wait_for, counted, 60, "every outcome counted")
+        found = await asyncio.to_thread(scrape, port)
+        assert GOOD == found["results"]["all"]
+        assert POISON_STAGES == dict(found["dead_letters"])
+        assert GOOD + len(POISON) == found["consumed"]["all"]
+        assert 200 == (await asyncio.to_thread(get, port, "/healthz"))[0]
+        assert 200 == (await asyncio.to_thread(get, port, "/readyz"))[0]
+        check = subprocess.run(
+            [sys.executable, "-m", "streamscore", "worker", "--check", "--metrics-port", str(port)],
+            cwd=REPO,
+            env=worker_env({}),
+            capture_output=True,
+            timeout=30,
+        )
+        assert 0 == check.returncode, check.stdout
+    finally:
+        code = await asyncio.to_thread(stop_worker, process)
+    assert 0 == code, (tmp_path / "worker.log").read_text()[-3000:]

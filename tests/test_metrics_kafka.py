@@ -9,16 +9,21 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker import local
 from broker.local import free_port
 from demo.models import install_model, make_mlp
 from schemas.codec import encode_request
 from tests.harness import REPO, Out, produce, start_worker, stop_worker, worker_env
+from transport.admin import create_topics
+from worker.health import BROKER_BOUND_S
+from worker.monitor import PROBE_TIMEOUT_S
 
 pytestmark = pytest.mark.kafka
 
@@ -118,3 +123,63 @@ async def test_two_processes_serve_one_endpoint_with_their_summed_counts(
     finally:
         code = await asyncio.to_thread(stop_worker, process)
     assert 0 == code, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[tuple[local.BrokerConfig, str]]:
+    """A broker of this test's own, which the test stops (the session's broker is shared)."""
+    config = local.BrokerConfig(
+        home=tmp_path / "kafka",
+        port=local.free_port(),
+        controller_port=local.free_port(),
+        libs=REPO / ".kafka" / "libs",
+    )
+    try:
+        yield config, local.start(config, timeout_s=120.0)
+    finally:
+        local.stop(config)
+
+
+async def test_one_process_is_not_ready_while_its_broker_is_down(
+    own_broker: tuple[local.BrokerConfig, str], tmp_path: Path
+) -> None:
+    """Step by step: one worker process (no supervisor: it serves the endpoint itself) on a broker of its
+    own is ready; the broker stops; within the broker bound plus a probe, /readyz answers 503 saying the
+    broker is unreachable and `worker --check` exits 1 with that line, while /healthz stays 200 (the
+    loop is alive and keeps polling)."""
+    config, bootstrap = own_broker
+    await create_topics(bootstrap, ["in", "out", "in.DLT"], 2)
+    install_model(tmp_path / "models", "mlp", "1", make_mlp)
+    port = free_port()
+    settings = {
+        "bootstrap_servers": bootstrap,
+        "input_topic": "in",
+        "results_topic": "out",
+        "control_topic": "",
+        "model_root": str(tmp_path / "models"),
+        "model_name": "mlp",
+        "metrics_port": port,
+        "shutdown_grace_s": 5,
+        "log_format": "json",
+    }
+    process = start_worker(settings, tmp_path / "worker.log")
+    try:
+        await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 200, 90, "/readyz 200")
+        await asyncio.to_thread(local.stop, config)
+
+        bound = BROKER_BOUND_S + 2 * PROBE_TIMEOUT_S + 10
+        await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 503, bound, "/readyz 503")
+        assert "broker unreachable" in (await asyncio.to_thread(get, port, "/readyz"))[1]
+        assert 200 == (await asyncio.to_thread(get, port, "/healthz"))[0]
+        check = subprocess.run(
+            [sys.executable, "-m", "streamscore", "worker", "--check", "--metrics-port", str(port)],
+            cwd=REPO,
+            env=worker_env({}),
+            capture_output=True,
+            timeout=30,
+        )
+        assert 1 == check.returncode
+        assert check.stdout.decode().startswith("not ready: broker unreachable"), check.stdout
+    finally:
+        process.terminate()  # the broker is gone: the worker's last commit cannot succeed; its exit code is moot
+        await asyncio.to_thread(process.wait, 60)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from worker.health import (
     remove_report,
     write_report,
 )
+from worker.shared import MULTIPROC_VARIABLE, SharedEndpoint
 
 READY = Facts(started=True, joined=True, assigned=3, since_fetch_s=0.1, since_broker_s=1.0)
 
@@ -104,3 +107,21 @@ async def test_the_event_loop_endpoint_and_the_check_command() -> None:
         server.close()
         await server.wait_closed()
     assert not (await asyncio.to_thread(check_ready, port)).ok
+
+
+def test_the_supervisors_endpoint_answers_from_its_processes_reports(tmp_path: Path) -> None:
+    """The shared endpoint reads the reports in its folder: ready once every process says so; closing it
+    removes the folder and the multiprocess variable."""
+    port = free_port()
+    shared = SharedEndpoint(port, lambda: {4242: "process 0"})
+    try:
+        assert MULTIPROC_VARIABLE in os.environ
+        assert Verdict(False, "process 0: starting") == check_ready(port)
+        write_report(shared.folder, 4242, time.time(), Verdict(True, "fetching"), Verdict(True, "ready"))
+        assert Verdict(True, "ok: 1 processes ready") == check_ready(port)
+        shared.exited(4242)
+        assert Verdict(False, "process 0: starting") == check_ready(port)
+    finally:
+        shared.close()
+    assert not shared.folder.exists()
+    assert MULTIPROC_VARIABLE not in os.environ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from schemas.codec import encode_request
 from tests.fakes import FakeClients, FakeCluster
 from tests.test_runner import IN, PARTITIONS, model_root, running, send_requests, settings_for, until
+from worker.health import read_reports
 from worker.metrics import Metrics, MetricsObserver
 from worker.monitor import Monitor
 from worker.runner import Worker
@@ -129,3 +131,20 @@ async def test_lag_is_end_offset_minus_position_and_zero_once_revoked(model_root
     assert 0 == value(metrics, "streamscore_consumer_lag", topic=IN, partition="1")
     assert 2 == value(metrics, "streamscore_consumer_lag", topic=IN, partition="0")
     assert 2 == value(metrics, "streamscore_rebalances_total")
+
+
+async def test_the_monitor_reports_a_starting_worker_as_live_and_not_ready(
+    model_root: Path, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    """Under a supervisor the monitor writes this process's report at once: live (starting), not ready."""
+    metrics = observer()
+    worker = Worker(settings_for(model_root), clients=FakeClients(cluster), observer=metrics)
+    task = asyncio.create_task(Monitor(worker, metrics, reports=tmp_path).run())
+    try:
+        await until(lambda: any(tmp_path.glob("health-*.json")))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    [report] = read_reports(tmp_path, {os.getpid(): "me"}).values()
+    assert report is not None
+    assert ([True, "starting"], False) == (report["live"], report["ready"][0])

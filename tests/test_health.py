@@ -19,6 +19,7 @@ from worker.health import (
     Facts,
     Verdict,
     combine,
+    live_bound,
     liveness,
     read_reports,
     readiness,
@@ -56,6 +57,11 @@ def test_readiness_fails_for_each_reason(change: dict[str, object], reason: str)
 def test_with_no_partitions_the_broker_probe_does_not_count() -> None:
     """A worker in the group with nothing assigned has nothing to probe: it is ready."""
     assert readiness(dataclasses.replace(READY, assigned=0, since_broker_s=None)).ok
+
+
+def test_the_liveness_bound_outlasts_a_rebalance_drain() -> None:
+    """A revocation may wait the shutdown grace inside a fetch: the bound is 30 s, or longer than that wait."""
+    assert (LIVE_BOUND_S, 70.0) == (live_bound(5.0), live_bound(60.0))
 
 
 def test_a_worker_that_stopped_fetching_is_not_live_but_a_starting_one_is() -> None:

@@ -2,8 +2,9 @@
 
 A process is **live** while its event loop answers (the endpoint runs on that loop, or the loop
 writes the report the supervisor reads) and it fetched, or polled while paused, within
-LIVE_BOUND_S; before its main loop starts (connecting, loading the model) it is live as long as
-its loop answers.
+LIVE_BOUND_S, or the shutdown grace plus REBALANCE_MARGIN_S if that is longer (a rebalance waits
+inside a fetch for the revoked partitions' records in flight, up to the grace); before its main
+loop starts (connecting, loading the model) it is live as long as its loop answers.
 
 A process is **ready** once it started (connected, default model loaded), joined its group (an
 assignment came, even an empty one), is not stopping, has no outcome the broker has not taken
@@ -29,6 +30,7 @@ import orjson
 Report = dict[str, Any]  # {"at": unix time, "live": [ok, reason], "ready": [ok, reason]}
 
 LIVE_BOUND_S = 30.0
+REBALANCE_MARGIN_S = 10.0
 BROKER_BOUND_S = 15.0
 REPORT_PREFIX = "health-"
 
@@ -52,14 +54,20 @@ class Facts:
     since_fetch_s: float = 0.0
     troubled: int = 0
     since_broker_s: float | None = None  # since the broker last answered a probe; None: never probed
+    live_bound_s: float = LIVE_BOUND_S  # the longest a fetch may take: see live_bound
+
+
+def live_bound(shutdown_grace_s: float) -> float:
+    """How long a live process may go without a fetch: LIVE_BOUND_S, or longer than a rebalance may wait."""
+    return max(LIVE_BOUND_S, shutdown_grace_s + REBALANCE_MARGIN_S)
 
 
 def liveness(facts: Facts) -> Verdict:
-    """Live: fetching (or polling while paused) within LIVE_BOUND_S, or still starting."""
+    """Live: fetching (or polling while paused) within its bound, or still starting."""
     if not facts.started:
         return Verdict(True, "starting")
-    if facts.since_fetch_s > LIVE_BOUND_S:
-        return Verdict(False, f"no fetch for {facts.since_fetch_s:.0f} s (bound {LIVE_BOUND_S:.0f} s)")
+    if facts.since_fetch_s > facts.live_bound_s:
+        return Verdict(False, f"no fetch for {facts.since_fetch_s:.0f} s (bound {facts.live_bound_s:.0f} s)")
     return Verdict(True, "fetching")
 
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.errors import ConfigError
 from worker.endpoint import Checks, serve_on_loop
-from worker.health import Facts, Verdict, liveness, readiness, write_report
+from worker.health import Facts, Verdict, live_bound, liveness, readiness, write_report
 from worker.metrics import Metrics, MetricsObserver
 from worker.runner import Worker
 from worker.settings import setting_name
@@ -70,6 +70,7 @@ class Monitor:
             since_fetch_s=worker.since_poll,
             troubled=sender.troubled if sender is not None else 0,
             since_broker_s=None if self.broker_at is None else now - self.broker_at,
+            live_bound_s=live_bound(worker.settings.shutdown_grace_s),
         )
 
     def live(self) -> Verdict:

@@ -6,6 +6,8 @@ child gets SIGTERM and has `shutdown_grace_s` to finish); a second one to the pa
 to the whole process group (systemd, `kill -TERM -- -PGID`, many process managers), a child gets
 it twice, its own and the one the parent forwards, and must still drain and commit. Children
 ignore SIGINT so that Ctrl-C on a terminal reaches them once, through the parent.
+With a metrics port and N > 1 processes the parent serves their one endpoint (`worker/shared.py`);
+one process serves its own (`worker/monitor.py`).
 Exit codes: 0 all children stopped cleanly; 1 a child failed; 2 a child found the settings,
 the model or its ACLs unusable (restarting would not help, so the parent stops them all).
 """

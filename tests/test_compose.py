@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from worker.metrics import Metrics
 from worker.settings import Settings, from_sources, setting_names
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+ROOT = COMPOSE_FILE.parent
+MONITORING = {"prometheus", "blackbox", "grafana"}
+# Series the dashboard may query besides the workers' own: Prometheus's and the blackbox exporter's.
+FOREIGN_SERIES = {"up", "probe_success"}
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +151,111 @@ def test_the_image_holds_every_package_the_distribution_lists() -> None:
     copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, flags=re.MULTILINE))
 
     assert set(packages) == copied
+
+
+def mounted(service: dict[str, Any], target: str) -> Path:
+    """The repository file a service mounts at `target`."""
+    [source] = [volume.split(":")[0] for volume in service["volumes"] if volume.split(":")[1] == target]
+    return ROOT / source
+
+
+def exported_series() -> set[str]:
+    """Every series name the worker's Metrics can export (a counter's _total, a histogram's _bucket ...)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    families = Metrics(CollectorRegistry()).registry.collect()
+    return {family.name + suffix for family in families for suffix in suffixes[family.type]}
+
+
+def dashboard_queries() -> list[str]:
+    """The PromQL expressions of the Grafana dashboard's panels."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "streamscore.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def scrape_job(name: str) -> dict[str, Any]:
+    """One scrape job of the Prometheus configuration the compose file mounts."""
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = [job for job in prometheus["scrape_configs"] if job["job_name"] == name]
+    return dict(job)
+
+
+def test_kafka_image_is_the_local_brokers_version(services: dict[str, Any]) -> None:
+    """The compose broker (and topics tool) run the Kafka version the local broker fetches (broker/pom.xml)."""
+    [version] = re.findall(r"<kafka.version>(.+)</kafka.version>", (ROOT / "broker" / "pom.xml").read_text())
+
+    assert f"apache/kafka:{version}" == services["kafka"]["image"]
+    assert services["kafka"]["image"] == services["topics"]["image"]
+
+
+def test_monitoring_runs_only_on_request(services: dict[str, Any]) -> None:
+    """Prometheus, the blackbox exporter and Grafana start only with `--profile monitoring`."""
+    assert MONITORING <= set(services)
+    for name in MONITORING:
+        assert ["monitoring"] == services[name]["profiles"]
+
+
+def test_prometheus_scrapes_the_workers_metrics_port(services: dict[str, Any]) -> None:
+    """Prometheus finds every worker replica by the service's name, on STREAMSCORE_METRICS_PORT."""
+    port = worker_settings(services).metrics_port
+    [discovery] = scrape_job("streamscore")["dns_sd_configs"]
+
+    assert port > 0
+    assert ROOT / "deploy" / "prometheus" / "prometheus.yml" == mounted(
+        services["prometheus"], "/etc/prometheus/prometheus.yml"
+    )
+    assert (["worker"], port) == (discovery["names"], discovery["port"])
+    assert scrape_job("streamscore").get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_probes_the_workers_readiness(services: dict[str, Any]) -> None:
+    """The blackbox job asks each worker's /readyz, on the metrics port, through the blackbox service."""
+    job = scrape_job("streamscore-readyz")
+    [discovery] = job["dns_sd_configs"]
+    rules = {rule["target_label"]: rule for rule in job["relabel_configs"]}
+
+    assert (["worker"], worker_settings(services).metrics_port) == (discovery["names"], discovery["port"])
+    assert rules["__param_target"]["replacement"].endswith("/readyz")
+    assert "blackbox" == rules["__address__"]["replacement"].split(":")[0]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(services: dict[str, Any]) -> None:
+    """Grafana's datasource is the compose Prometheus; its dashboard provider loads the mounted dashboard."""
+    grafana = services["grafana"]
+    provisioning = mounted(grafana, "/etc/grafana/provisioning")
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "streamscore.yml").read_text())["providers"]
+    dashboard = json.loads(mounted(grafana, f"{provider['options']['path']}/streamscore.json").read_text())
+    url = urlsplit(datasource["url"])
+
+    assert "prometheus" == url.hostname
+    assert f"{url.port}:{url.port}" == services["prometheus"]["ports"][0]
+    assert {datasource["uid"]} == {panel["datasource"]["uid"] for panel in dashboard["panels"]}
+
+
+def test_the_dashboard_has_its_panels() -> None:
+    """The dashboard shows throughput, dead letters, batches, latencies, lag, in-flight and readiness."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "streamscore.json").read_text())
+
+    assert [
+        "Throughput",
+        "Dead letters by stage",
+        "Batch rows",
+        "Queue vs inference time (p99)",
+        "End-to-end latency",
+        "Consumer lag",
+        "In flight",
+        "Readiness",
+    ] == [panel["title"] for panel in dashboard["panels"]]
+
+
+def test_the_dashboard_queries_only_metrics_the_worker_exports() -> None:
+    """Every streamscore_* series a panel queries is one worker/metrics.py defines; no other series but up
+    and probe_success."""
+    queries = re.sub(r"\b(by|without)\s*\([^)]*\)", "", " ".join(dashboard_queries()))  # labels, not series
+    words = set(re.findall(r"[a-z_][a-z0-9_]*(?=\{|\[|\))", queries))
+    series = {word for word in words if word.startswith("streamscore_")}
+    exported = exported_series()
+
+    assert series
+    assert set() == series - exported
+    assert {word for word in words if not word.startswith("streamscore_")} <= FOREIGN_SERIES

@@ -84,7 +84,8 @@ class LineProgress:
         elapsed = self._clock() - self._started
         rate = (answered - self._first) / elapsed if elapsed > 0 else 0.0
         share = answered / self._total * 100 if self._total else 100.0
-        eta = str(timedelta(seconds=round((self._total - answered) / rate))) if rate > 0 else "?"
+        left = self._total - answered
+        eta = str(timedelta(seconds=round(left / rate))) if rate > 0 else ("0:00:00" if left <= 0 else "?")
         return (
             f"scored {answered:,} of {self._total:,} requests ({share:.0f} %), {rate:,.0f} requests/s, "
             f"ETA {eta}; {published:,} published"

@@ -95,7 +95,7 @@ def test_reasons_count_stage_and_error_most_frequent_first() -> None:
 
 
 def test_line_progress_shows_rate_and_eta_at_most_every_interval() -> None:
-    """Plain progress: 100 of 1,000 answered 10 s after start (none before) is 10/s, 90 s to go; one line per interval."""
+    """Plain lines: 100 of 1,000 answered 10 s after start is 10/s, 90 s to go; one line per 5 s interval."""
     now = [0.0]
     stream = io.StringIO()
     progress = LineProgress(stream, 1000, 0, interval=5.0, clock=lambda: now[0])

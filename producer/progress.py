@@ -12,7 +12,17 @@ from datetime import timedelta
 from typing import Protocol, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 PLAIN_INTERVAL_S = 5.0
 
@@ -39,7 +49,8 @@ class BarProgress:
             TextColumn("scoring"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("requests, {task.fields[published]:,} published"),
+            TextColumn("requests, {task.fields[published]:,} published,"),
+            RateColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream),
             transient=False,
@@ -52,6 +63,13 @@ class BarProgress:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+class RateColumn(ProgressColumn):
+    """Requests answered per second, as rich measures it over its recent samples."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} requests/s")
 
 
 class LineProgress:

@@ -1,4 +1,4 @@
-"""The `streamscore` command: `worker`, `produce`, `collect`, `dlq`, `model`, `broker`.
+"""The `streamscore` command: `worker`, `produce`, `collect`, `score`, `dlq`, `model`, `broker`.
 
 This is the edge: the only module that reads `os.environ`. It builds each subcommand's parser
 from the module that carries the subcommand out, gives the client commands their connection
@@ -18,6 +18,7 @@ from broker import cli as broker_cli
 from producer import cli as producer_cli
 from producer import collect as collect_cli
 from producer import dlq_cli
+from producer import score as score_cli
 from registry import cli as registry_cli
 from registry.settings import RegistrySettings
 from schemas.config import from_sources
@@ -49,6 +50,12 @@ def make_parser() -> argparse.ArgumentParser:
     connection = {name: getattr(env, name) or None for name in CONNECTION_FIELDS}
     producer_cli.add_parser(commands).set_defaults(topic=env.input_topic, **connection)
     collect_cli.add_parser(commands).set_defaults(
+        results_topic=env.results_topic,
+        dead_letter_topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic),
+        **connection,
+    )
+    score_cli.add_parser(commands).set_defaults(
+        topic=env.input_topic,
         results_topic=env.results_topic,
         dead_letter_topic=env.dead_letter_topic or dead_letter_topic_of(env.input_topic),
         **connection,
@@ -85,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": run_model,
         "produce": producer_cli.run,
         "collect": collect_cli.run,
+        "score": score_cli.run,
         "dlq": dlq_cli.run,
         "broker": broker_cli.run,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +242,11 @@ def render_properties(properties: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in properties.items())
 
 
-def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding."""
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+def new_cluster_id(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A Kafka cluster id: 16 random bytes, base64url without padding, never starting with "-" (the
+    storage tool would read it as an option: `argument --cluster-id/-t: expected one argument`, one
+    format in 64; Kafka's own Uuid.randomUuid draws again for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes(16)).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id

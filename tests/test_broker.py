@@ -140,3 +140,10 @@ async def _consume(bootstrap: str, topic: str, group: str, count: int) -> list[t
     finally:
         await consumer.stop()
     return received
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """Kafka's storage tool reads "-t -xyz" as an option; an id drawn with a leading "-" is drawn again."""
+    draws = iter([b"\xf8" + bytes(15), bytes(16)])  # base64url of 0xf8... starts with "-"
+
+    assert "AAAAAAAAAAAAAAAAAAAAAA" == new_cluster_id(lambda _: next(draws))

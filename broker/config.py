@@ -7,6 +7,14 @@ only) and MTLS (SSL that requires a client certificate signed by `ssl_truststore
 are PEM files. SCRAM credentials live in the cluster metadata, so they are written when the
 storage is formatted: users added to an already formatted folder can use PLAIN only.
 
+With `authorizer=True` the broker checks ACLs (KRaft's StandardAuthorizer) and user `admin` is
+the only super user. The broker and its controller then talk to each other over SASL PLAIN as
+`admin` (the CONTROLLER listener and the inter-broker SASL_PLAINTEXT one), not over PLAINTEXT: a
+PLAINTEXT connection's principal is User:ANONYMOUS, and super.users names principals, not
+listeners, so making ANONYMOUS a super user for the internal traffic would make every client of
+the PLAINTEXT port one too. So PLAINTEXT clients stay ANONYMOUS with no ACL: they may read the
+cluster's metadata (brokers, no topics) and nothing else; everything else goes over SASL.
+
 Running the broker (jars, format, start, stop) is in `broker/local.py`.
 """
 
@@ -24,6 +32,8 @@ from broker.errors import LocalBrokerError
 DEFAULT_HOME = Path(".kafka")
 DEFAULT_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
+SUPER_USER = "admin"  # with the authorizer on: the one super user, also the broker's own principal
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256")
 # Characters that would break the JAAS line or the `--add-scram` argument they are written into.
 _UNSAFE_CREDENTIAL = re.compile(r'[\s"\\,=\[\];]')
@@ -48,8 +58,15 @@ class BrokerConfig:
     # A node of a cluster (broker/cluster.py): its id, and the controller ports of every node, by id.
     node_id: int = 1
     quorum: tuple[int, ...] = ()  # empty: this node alone is the cluster
+    # ACLs checked (StandardAuthorizer); needs sasl_port and a user "admin", the super user.
+    authorizer: bool = False
 
     def __post_init__(self) -> None:
+        if self.authorizer and (self.sasl_port is None or SUPER_USER not in self.users):
+            raise LocalBrokerError(
+                f"the authorizer needs the SASL_PLAINTEXT listener (sasl_port) and a user {SUPER_USER!r}, "
+                "the super user the broker and controller also authenticate as"
+            )
         if self.sasl_port is not None or self.sasl_ssl_port is not None:
             if not self.users:
                 raise LocalBrokerError("a SASL listener needs at least one user")
@@ -130,7 +147,8 @@ def server_properties(config: BrokerConfig) -> dict[str, str]:
     (`min.insync.replicas=2`), the internal topics too; alone, one of each.
     """
     listeners = config.listeners
-    protocols = {"CONTROLLER": "PLAINTEXT", **{name: _PROTOCOLS[name] for name in listeners}}
+    controller = "SASL_PLAINTEXT" if config.authorizer else "PLAINTEXT"
+    protocols = {"CONTROLLER": controller, **{name: _PROTOCOLS[name] for name in listeners}}
     advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
     voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in enumerate(config.voters, start=1))
     return {
@@ -141,8 +159,9 @@ def server_properties(config: BrokerConfig) -> dict[str, str]:
         "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": ",".join(f"{name}:{protocol}" for name, protocol in protocols.items()),
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": "SASL_PLAINTEXT" if config.authorizer else "PLAINTEXT",
         **security_properties(config),
+        **authorizer_properties(config),
         "log.dirs": str(config.data_dir),
         "num.partitions": "1",
         "auto.create.topics.enable": "false",
@@ -207,6 +226,31 @@ def security_properties(config: BrokerConfig) -> dict[str, str]:
             }
         )
     return properties
+
+
+def authorizer_properties(config: BrokerConfig) -> dict[str, str]:
+    """ACLs checked, `admin` the super user, and the node's own traffic over SASL PLAIN as `admin`.
+
+    The CONTROLLER listener (broker to controller, in one process here) and the inter-broker
+    SASL_PLAINTEXT listener authenticate as `admin`; its credentials sit in each listener's JAAS
+    line twice: `username`/`password` for the node as a client, `user_admin` for it as a server.
+    """
+    if not config.authorizer:
+        return {}
+    password = config.users[SUPER_USER]
+    client_side = f'username="{SUPER_USER}" password="{password}"'
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+    server_side = " ".join(f'user_{name}="{secret}"' for name, secret in config.users.items())
+    return {
+        "authorizer.class.name": STANDARD_AUTHORIZER,
+        "super.users": f"User:{SUPER_USER}",
+        "allow.everyone.if.no.acl.found": "false",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": f"{plain} {client_side} {server_side};",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": f'{plain} {client_side} user_{SUPER_USER}="{password}";',
+    }
 
 
 def _sasl_properties(listener: str, users: dict[str, str]) -> dict[str, str]:

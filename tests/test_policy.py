@@ -6,6 +6,7 @@ import pytest
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CorruptRecordException,
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -14,13 +15,14 @@ from aiokafka.errors import (
     RecordTooLargeError,
     RequestTimedOutError,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
     UnknownTopicOrPartitionError,
 )
 
 from schemas.errors import FatalError, NotAuthorizedError, ResultRejectedError, ValidationError
 from tests.factories import make_record
 from worker.outcomes import DeadLetter, Outcome, Result
-from worker.policy import Drop, Reroute, Retry, RetryPolicy, SendFate, Stop, after_send_failure
+from worker.policy import Drop, Reroute, Retry, RetryPolicy, SendFate, Stop, access_refused, after_send_failure
 
 RECORD = make_record(b'{"inputs": []}', topic="requests", partition=2, offset=41, key=b"k")
 MODEL_HEADERS = [("streamscore-model", b"iris"), ("streamscore-model-version", b"3")]
@@ -166,3 +168,21 @@ def test_delay_never_shrinks_and_never_passes_the_cap(unit: float) -> None:
 
     assert sorted(delays) == delays
     assert BACKOFF.cap_s == max(delays)
+
+
+@pytest.mark.parametrize(
+    ("error", "grant"),
+    [
+        (GroupAuthorizationFailedError(), "READ ACL on group 'g'"),
+        (TopicAuthorizationFailedError("in"), "READ (and DESCRIBE) ACL on topic 'in'"),
+        (TopicAuthorizationFailedError({"b", "a"}), "topic 'a', 'b'"),
+        (TransactionalIdAuthorizationFailed(), "transactional id 'g-in-0'"),
+        (ClusterAuthorizationFailedError(), "WRITE ACL on the topics it writes"),
+    ],
+)
+def test_access_refused_names_the_acl_to_grant(error: Exception, grant: str) -> None:
+    """A client refused for want of an ACL: a NotAuthorizedError (exit 2) naming the ACL and the resource."""
+    refused = access_refused(error, "consumer", group="g", transactional_id="g-in-0")
+
+    assert 2 == refused.exit_code
+    assert grant in str(refused)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from schemas.records import Record
 from transport.seams import RangeReader, Reader
@@ -25,13 +27,25 @@ class TopicReader(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no ty
     async def partitions_of(self, topic: str) -> set[int]:
         """The partitions of `topic` as the cluster has them now; empty when it does not exist.
 
+        Raises TopicAuthorizationFailedError when this principal may not describe it.
+
         Any topic, not only those assigned: a replay asks about its target topics after assigning
         the dead-letter topic, when the client's own metadata tracks only that one.
         """
         # The one private call: aiokafka has no public way to read the metadata of a topic that is
         # neither subscribed nor assigned (topics() fetches the same metadata, keeps only the names).
         cluster = await self._client.fetch_all_metadata()
-        return set(cluster.partitions_for_topic(topic) or ())
+        partitions = set(cluster.partitions_for_topic(topic) or ())
+        if not partitions and await self._unauthorized(topic):  # hidden, not missing
+            raise TopicAuthorizationFailedError(topic)
+        return partitions
+
+    async def _unauthorized(self, topic: str) -> bool:
+        """Whether the broker hides `topic` from this principal: a metadata request for all topics
+        leaves out the ones it may not describe, a request for this one says so (and creates nothing)."""
+        request = MetadataRequest([topic], allow_auto_topic_creation=False)
+        response = await self._client.send(self._client.get_random_node(), request)
+        return any(entry[0] == TopicAuthorizationFailedError.errno for entry in response.topics)
 
 
 async def read_to_end(

@@ -17,6 +17,7 @@ from schemas.errors import BrokerUnavailableError
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
 from transport.reading import TopicReader
 from transport.seams import GroupConsumer, Producer, Reader, Rebalance, TransactionalProducer
+from worker.policy import NOT_AUTHORIZED, access_refused
 from worker.retry import retrying
 from worker.settings import Settings
 
@@ -97,6 +98,10 @@ async def connect(start: Callable[[], Any], what: str, settings: Settings) -> No
             with attempt:
                 try:
                     await start()
+                except NOT_AUTHORIZED as error:  # no retry can help
+                    raise access_refused(
+                        error, what, group=s.group_id, transactional_id=what.rpartition(" ")[2]
+                    ) from error
                 except KafkaError as error:
                     raise BrokerUnavailableError(
                         f"Kafka {what} cannot connect to {s.bootstrap_servers} ({s.security_protocol}): {error}"

@@ -150,10 +150,40 @@ def not_authorized(error: BaseException, topic: str) -> NotAuthorizedError:
     """The error that stops a worker whose principal may not write to `topic`."""
     stopped = NotAuthorizedError(
         f"the broker refused to let this worker write to topic {topic!r} ({type(error).__name__}): grant its "
-        f"principal the WRITE (and DESCRIBE) ACL on topic {topic!r}, and IDEMPOTENT_WRITE on the cluster"
+        f"principal the WRITE (and DESCRIBE) ACL on topic {topic!r}"
     )
     stopped.__cause__ = error
     return stopped
+
+
+def access_refused(error: BaseException, client: str, *, group: str, transactional_id: str = "") -> NotAuthorizedError:
+    """The error that stops a worker whose `client` (consumer, producer ...) the broker refused for want of an ACL.
+
+    The message names the ACL to grant: READ on the group, READ on the topics, WRITE on the
+    transactional id; for the cluster (an idempotent producer's InitProducerId), WRITE on a topic,
+    which implies IDEMPOTENT_WRITE since Kafka 3.0 (KIP-679).
+    """
+    if isinstance(error, GroupAuthorizationFailedError):
+        grant = f"the READ ACL on group {group!r}"
+    elif isinstance(error, TransactionalIdAuthorizationFailed):
+        grant = f"the WRITE (and DESCRIBE) ACL on transactional id {transactional_id!r} (or a PREFIXED one)"
+    elif isinstance(error, ClusterAuthorizationFailedError):
+        grant = "the WRITE ACL on the topics it writes (or IDEMPOTENT_WRITE on the cluster)"
+    else:
+        grant = f"the READ (and DESCRIBE) ACL on topic {', '.join(repr(name) for name in _names(error))}"
+    stopped = NotAuthorizedError(
+        f"the broker refused this worker's {client} ({type(error).__name__}): grant its principal {grant}"
+    )
+    stopped.__cause__ = error
+    return stopped
+
+
+def _names(error: BaseException) -> list[str]:
+    """The topic names an aiokafka authorization error carries (a name, or a set of them)."""
+    names: list[str] = []
+    for arg in error.args:
+        names += sorted(map(str, arg)) if isinstance(arg, set | frozenset | list | tuple) else [str(arg)]
+    return names
 
 
 def model_of(result: Result) -> tuple[str, str, str] | None:

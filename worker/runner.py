@@ -34,6 +34,7 @@ from worker.observe import Observer
 from worker.offsets import OffsetTracker, partition_of, shown
 from worker.outcomes import DeadLetter, Outcome
 from worker.pauses import Pauses
+from worker.policy import NOT_AUTHORIZED, access_refused
 from worker.retrytopics import RetryTopics, first_not_due
 from worker.scoring import ScoreLoop
 from worker.sender import Sender, log_dead_letter
@@ -271,7 +272,11 @@ class Worker:
     async def _fetch(self, timeout_ms: int = FETCH_TIMEOUT_MS) -> bool:
         """Fetch what there is room for and admit it; whether anything came."""
         self._polled_at = self.clock()
-        fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.flow.fetch_size())
+        except NOT_AUTHORIZED as error:  # READ on an input topic refused: stop, committing what is done
+            self._fail(access_refused(error, "consumer", group=self.settings.group_id))
+            return False
         for partition, fetched_records in fetched.items():
             records = self._admissible(partition, fetched_records)
             if not records:

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from worker.logs import configure_logging
     from worker.store import ModelStore
     from worker.supervisor import Supervisor
+    from worker.tracing import trace_exporters
 
     overrides = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
     settings = from_sources(environ, overrides)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return check(settings.metrics_port)
     configure_logging(settings.log_format, settings.log_level, role="supervisor")
     ModelStore.from_settings(settings).default_version()
-    return Supervisor(settings).run()
+    return Supervisor(settings, exporters=trace_exporters(environ)).run()
 
 
 def check(port: int) -> int:

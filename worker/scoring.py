@@ -69,7 +69,7 @@ class ScoreLoop:
             outcomes = await self.outcomes_of(batch)
             self.observer.scored(batch)
             for outcome in outcomes:
-                await self.send(outcome)
+                await self.send(self.observer.outgoing(outcome))
 
     async def outcomes_of(self, batch: Batch[Item]) -> list[Outcome]:
         """Score `batch` in the model thread; if that raises, every record's dead letter with the error."""

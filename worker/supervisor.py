@@ -30,9 +30,11 @@ import structlog
 from schemas.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from worker.logs import configure_logging
 from worker.monitor import make_observer, observe
+from worker.observe import Observer
 from worker.runner import Worker
 from worker.settings import Settings
 from worker.shared import SharedEndpoint
+from worker.tracing import start_tracing
 
 log = structlog.get_logger("streamscore.supervisor")
 
@@ -44,12 +46,13 @@ STABLE_AFTER_S = 60.0
 POLL_S = 0.2
 
 
-def child_main(settings: Settings, reports: str | None = None) -> None:
-    """Entry point of a worker process (`reports`: the folder of the supervisor's metrics endpoint)."""
+def child_main(settings: Settings, reports: str | None = None, exporters: tuple[str, ...] = ()) -> None:
+    """Entry point of a worker process (`reports`: the folder of the supervisor's metrics endpoint;
+    `exporters`: the span exporters, none when tracing is off)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_format, settings.log_level, worker=settings.worker_name)
     try:
-        code = asyncio.run(_serve(settings, Path(reports) if reports else None))
+        code = asyncio.run(_serve(settings, Path(reports) if reports else None, exporters))
     except (ConfigError, ModelLoadError, ModelNotFoundError) as error:
         log.error("worker_unusable", error=str(error))
         code = EXIT_UNUSABLE
@@ -59,13 +62,19 @@ def child_main(settings: Settings, reports: str | None = None) -> None:
     sys.exit(code)
 
 
-async def _serve(settings: Settings, reports: Path | None) -> int:
+async def _serve(settings: Settings, reports: Path | None, exporters: tuple[str, ...]) -> int:
     observer = make_observer() if settings.metrics_port else None
-    worker = Worker(settings, observer=observer)
+    tracing = start_tracing(exporters)
+    traced = tracing.observer(observer or Observer(), settings.group_id) if tracing is not None else None
+    worker = Worker(settings, observer=traced or observer)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)  # idempotent
-    if observer is None:
-        return await worker.run()
-    return await observe(worker, observer, settings.metrics_port, reports)
+    try:
+        if observer is None:
+            return await worker.run()
+        return await observe(worker, observer, settings.metrics_port, reports)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Supervisor:
     signals: int = 0
     result: int = EXIT_OK
     shared: SharedEndpoint | None = None  # the metrics endpoint of N processes (one serves its own)
+    exporters: tuple[str, ...] = ()  # the span exporters each process traces to (worker/tracing.py)
 
     def run(self) -> int:
         """Start the children, supervise them, return the exit code."""
@@ -132,7 +142,10 @@ class Supervisor:
         settings = self.settings.replace(worker_id=name)
         reports = str(self.shared.folder) if self.shared is not None else None
         process = multiprocessing.get_context("spawn").Process(
-            target=child_main, args=(settings, reports), name=f"streamscore-worker-{index}", daemon=False
+            target=child_main,
+            args=(settings, reports, self.exporters),
+            name=f"streamscore-worker-{index}",
+            daemon=False,
         )
         process.start()
         self.children[index] = _Child(index, process, time.monotonic(), restarts)

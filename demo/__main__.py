@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,11 @@ def main() -> int:
         csv = WORK / "rows.csv"
         rows = sklearn_sample_rows(ROWS, seed=1)
         np.savetxt(csv, rows, delimiter=",", header="f0,f1,f2,f3", comments="", fmt="%.5f")
-        worker = start_worker(bootstrap, models)
+        metrics_port = local.free_port()
+        worker = start_worker(bootstrap, models, metrics_port)
         results, dead = asyncio.run(publish_and_collect(bootstrap, csv))
         show(results, dead)
+        show_metrics(metrics_port)
         return 0 if len(results) == ROWS and len(dead) == len(BAD_RECORDS) else 1
     finally:
         if worker is not None:
@@ -92,8 +95,11 @@ def main() -> int:
             local.stop(config)
 
 
-def start_worker(bootstrap: str, models: Path) -> subprocess.Popen[bytes]:
-    say("starting `streamscore worker --processes 2` (logs in .demo/worker.log)")
+def start_worker(bootstrap: str, models: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    say(
+        "starting `streamscore worker --processes 2` (logs in .demo/worker.log; metrics, /healthz and /readyz "
+        f"on http://127.0.0.1:{metrics_port})"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
     env.update(
         STREAMSCORE_BOOTSTRAP_SERVERS=bootstrap,
@@ -105,6 +111,7 @@ def start_worker(bootstrap: str, models: Path) -> subprocess.Popen[bytes]:
         STREAMSCORE_PROCESSES="2",
         STREAMSCORE_CONTROL_TOPIC="demo.control",
         STREAMSCORE_LOG_FORMAT="json",
+        STREAMSCORE_METRICS_PORT=str(metrics_port),
     )
     with (WORK / "worker.log").open("wb") as log:
         return subprocess.Popen(
@@ -166,6 +173,22 @@ def show(results: list[ConsumerRecord[bytes, bytes]], dead: list[ConsumerRecord[
             f"  {record.key.decode():<18} stage={headers[h.DLT_STAGE].decode():<9} "
             f"{headers[h.DLT_EXCEPTION_MESSAGE].decode()[:90]}"
         )
+
+
+def show_metrics(port: int) -> None:
+    """A few lines of the workers' Prometheus metrics, as a scrape sees them."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as error:
+        say(f"the metrics at {url} did not answer: {error}")
+        return
+    say(f"the workers' metrics at {url} (a few of them; /healthz and /readyz beside):")
+    wanted = ("streamscore_results_total", "streamscore_dead_letters_total", "streamscore_records_consumed_total")
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 
 from producer.cli import CONNECTION_FIELDS, PROGRESS_INTERVAL_S, add_connection_flags, positive_int, quiet_client_logs
 from producer.files import ReadyRequest, read_chunks
-from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
+from producer.ledger import Collector, Expected, Summary, output_path
 from schemas.errors import ConfigError, TransientError
 from schemas.records import Record
 from schemas.topics import DEFAULT_INPUT_TOPIC, DEFAULT_RESULTS_TOPIC, dead_letter_topic_of
@@ -96,9 +96,7 @@ class CollectOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CollectOptions:
         """Options from the flags; counts the rows of `--from-file` (a ConfigError if unreadable)."""
-        out = Path(args.out)
-        if out.suffix.lower() not in OUT_FORMATS:
-            raise ConfigError(f"--out {out}: name it .jsonl or .csv (the format follows the extension)")
+        out = output_path(args.out)
         prefix = args.id_prefix or (Path(args.from_file).stem if args.from_file else None)
         if not prefix:
             raise ConfigError("--id-prefix is required with --expect (produce's default is the file's stem)")

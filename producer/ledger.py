@@ -25,10 +25,20 @@ import orjson
 from producer.flatten import Columns, FlattenError, jsonl_object, read_outputs
 from schemas import headers as h
 from schemas.binary import load_response_body
-from schemas.errors import DecodeError
+from schemas.errors import ConfigError, DecodeError
 
 MISSING_SHOWN = 5
 OUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+def output_path(value: str) -> Path:
+    """The `--out` file; ConfigError unless its extension names a format this writes."""
+    out = Path(value)
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise ConfigError(f"--out {out}: name it .jsonl or .csv (the format follows the extension)")
+    return out
+
+
 MISSING, RESULT, DEAD = 0, 1, 2  # what a request has so far (a state byte per request)
 COLLECT_STAGE = "collect"
 

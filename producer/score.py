@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from producer.cli import CONNECTION_FIELDS, DEFAULT_DATATYPE, add_connection_flags, positive_int, quiet_client_logs
 from producer.client import FeatureProducer
 from producer.files import FORMATS, ReadyRequest, Rows, read_chunks
-from producer.ledger import OUT_FORMATS, Collector, Expected, Summary
+from producer.ledger import Collector, Expected, Summary, output_path
 from producer.progress import ScoreProgress, make_progress
 from producer.scoring import (
     JobShape,
@@ -77,9 +77,7 @@ class ScoreOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ScoreOptions:
-        out = Path(args.out)
-        if out.suffix.lower() not in OUT_FORMATS:
-            raise ConfigError(f"--out {out}: name it .jsonl or .csv (the format follows the extension)")
+        out = output_path(args.out)
         shape = JobShape(args.rows_per_request, args.model, args.model_version, args.input_name, args.datatype)
         return cls(
             file=Path(args.input),

@@ -69,17 +69,7 @@ async def read_to_end(
     reader.assign(partitions)
     await reader.seek_to_beginning(*partitions)
     ends = dict(await reader.end_offsets(partitions))
-    loop = asyncio.get_running_loop()
-    last = loop.time()
-    while await behind(reader, ends):
-        if idle_s is not None and loop.time() - last >= idle_s:
-            return "idle"
-        fetched = await reader.getmany(timeout_ms=200)
-        for tp, records in fetched.items():
-            on_records([r for r in records if r.offset < ends[tp]] if snapshot else records)
-        if fetched:
-            last = loop.time()
-    return "end"
+    return await _fetch_to(reader, ends, on_records, idle_s, cut=snapshot)
 
 
 async def behind(reader: Reader, ends: dict[TopicPartition, int]) -> bool:
@@ -125,6 +115,21 @@ async def read_range(
     for tp, (first, _) in wanted.items():
         reader.seek(tp, first)
     ends = {tp: end for tp, (_, end) in wanted.items()}
+    return await _fetch_to(reader, ends, on_records, idle_s, cut=True, pause=reader.pause)
+
+
+async def _fetch_to(
+    reader: Reader,
+    ends: dict[TopicPartition, int],
+    on_records: Callable[[Sequence[Record]], None],
+    idle_s: float | None,
+    *,
+    cut: bool,
+    pause: Callable[[TopicPartition], None] | None = None,
+) -> Ending:
+    """Fetch until the reader's positions reach `ends` ("end"), or `idle_s` passes without a record
+    ("idle"). `cut`: records at or past a partition's end are left out; `pause`: a partition read
+    to its end is paused."""
     loop = asyncio.get_running_loop()
     last = loop.time()
     while await behind(reader, ends):
@@ -132,9 +137,9 @@ async def read_range(
             return "idle"
         fetched = await reader.getmany(timeout_ms=200)
         for tp, records in fetched.items():
-            on_records([r for r in records if r.offset < ends[tp]])
-            if await reader.position(tp) >= ends[tp]:
-                reader.pause(tp)
+            on_records([r for r in records if r.offset < ends[tp]] if cut else records)
+            if pause is not None and await reader.position(tp) >= ends[tp]:
+                pause(tp)
         if fetched:
             last = loop.time()
     return "end"

@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import orjson
 from onnx import TensorProto, helper, numpy_helper
 
+from demo.models import OPSET, save_graph, write_model
 from schemas import headers as h
 from schemas.codec import encode_request
 
-OPSET = 17
-IR_VERSION = 8
 VERSION = "1"
 
 Record = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers
@@ -122,7 +120,7 @@ def _deep_mlp(path: Path, widths: list[int], last: str) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", widths[-1]])],
         initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def build_forest(path: Path) -> Path:
@@ -138,7 +136,7 @@ def build_forest(path: Path) -> Path:
     converted = to_onnx(
         forest, initial_types=[("x", FloatTensorType([None, 16]))], target_opset={"": OPSET, "ai.onnx.ml": 3}
     )
-    return _write(converted, path)
+    return write_model(converted, path)
 
 
 def build_cnn(path: Path) -> Path:
@@ -173,20 +171,7 @@ def build_cnn(path: Path) -> Path:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 10])],
         initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()],
     )
-    return _save(graph, path)
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="streamscore-bench")
-    model.ir_version = IR_VERSION
-    return _write(model, path)
-
-
-def _write(model: onnx.ModelProto, path: Path) -> Path:
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, path)
-    return path
+    return save_graph(graph, path)
 
 
 MODELS = {

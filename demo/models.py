@@ -59,7 +59,7 @@ def make_mlp(
         [_tensor("probabilities", TensorProto.FLOAT, [BATCH_DIM, classes])],
         initializer=_initializers(w1=w1, b1=b1, w2=w2, b2=b2),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_sklearn_classifier(path: Path, seed: int = 0) -> Path:
@@ -78,7 +78,7 @@ def make_sklearn_classifier(path: Path, seed: int = 0) -> Path:
         initial_types=[("x", FloatTensorType([None, SKLEARN_FEATURES]))],
         target_opset={"": OPSET, "ai.onnx.ml": 3},
     )
-    return _write(onnx_model, path)
+    return write_model(onnx_model, path)
 
 
 def sklearn_reference(rows: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +114,7 @@ def make_failing_model(path: Path, features: int = 4) -> Path:
         [_tensor("y", TensorProto.FLOAT, [BATCH_DIM, 1])],
         initializer=_initializers(zero=np.array(0, dtype=np.int64), table=table),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_slow_model(path: Path, size: int = 64) -> Path:
@@ -154,7 +154,7 @@ def make_slow_model(path: Path, size: int = 64) -> Path:
             weights=np.eye(size, dtype=np.float32),
         ),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_fixed_batch_model(path: Path, features: int = 4) -> Path:
@@ -166,7 +166,7 @@ def make_fixed_batch_model(path: Path, features: int = 4) -> Path:
         [_tensor("y", TensorProto.FLOAT, [1, 1])],
         initializer=_initializers(axes=np.array([1], dtype=np.int64)),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_int_model(path: Path) -> Path:
@@ -178,7 +178,7 @@ def make_int_model(path: Path) -> Path:
         [_tensor("total", TensorProto.INT64, [BATCH_DIM, 1])],
         initializer=_initializers(axes=np.array([1], dtype=np.int64)),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_expanding_model(path: Path, features: int = 4, repeats: int = 50_000) -> Path:
@@ -191,7 +191,7 @@ def make_expanding_model(path: Path, features: int = 4, repeats: int = 50_000) -
         [_tensor("y", TensorProto.FLOAT, [BATCH_DIM, features * repeats])],
         initializer=_initializers(repeats=np.array([1, repeats], dtype=np.int64)),
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def install_model(root: Path, name: str, version: str, builder: ModelBuilder, **kwargs: Any) -> Path:
@@ -227,17 +227,18 @@ def _initializers(**arrays: np.ndarray) -> list[onnx.TensorProto]:
     return [numpy_helper.from_array(array, name) for name, array in arrays.items()]
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """Check `graph` as a model of this opset and IR version, and write it to `path` (folders made)."""
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="streamscore-demo",
     )
     model.ir_version = IR_VERSION
-    return _write(model, path)
+    return write_model(model, path)
 
 
-def _write(model: onnx.ModelProto, path: Path) -> Path:
+def write_model(model: onnx.ModelProto, path: Path) -> Path:
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,7 @@ def make_sklearn_mlp(path: Path, seed: int = 0) -> Path:
         initial_types=[("x", FloatTensorType([None, SKLEARN_MLP_FEATURES]))],
         target_opset={"": OPSET, "ai.onnx.ml": 3},
     )
-    return _write(onnx_model, path)
+    return write_model(onnx_model, path)
 
 
 def sklearn_mlp_data(count: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

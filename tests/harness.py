@@ -146,6 +146,24 @@ def stage_of(record: ConsumerRecord[bytes, bytes]) -> str:
     return raw.decode()
 
 
+def worker_settings_for(
+    bootstrap: str, topics: dict[str, str], model_root: Path, group: str, **changes: Any
+) -> Settings:
+    """A worker on a test's topics ("input", "results", "dead"), its group and model root, the mlp its
+    default model, logs on the console; `changes` set the rest."""
+    return Settings(
+        bootstrap_servers=bootstrap,
+        input_topic=topics["input"],
+        results_topic=topics["results"],
+        dead_letter_topic=topics["dead"],
+        group_id=group,
+        model_root=str(model_root),
+        model_name="mlp",
+        log_format="console",
+        **changes,
+    )
+
+
 async def run_burst(settings: Settings, timeout_s: float = 120.0) -> int:
     """Run one worker in this process in burst mode until its partitions are drained."""
     worker = Worker(settings.replace(burst=True))

@@ -20,7 +20,7 @@ from schemas.codec import encode_request
 from streamscore.cli import main as cli
 from tests.conftest import MakeTopics
 from tests.factories import make_record
-from tests.harness import Out, end_offsets, produce, read_topic, responses, run_burst
+from tests.harness import Out, end_offsets, produce, read_topic, responses, run_burst, worker_settings_for
 from transport.admin import create_topics
 from transport.connection import Connection
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
@@ -75,16 +75,12 @@ async def topics(kafka_bootstrap: str, make_topics: MakeTopics) -> dict[str, str
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: dict[str, str], model_root: Path, unique_group: str) -> Settings:
     """A burst worker of this test's topics; records over 4 kB are dead-lettered at decode."""
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        input_topic=topics["input"],
-        results_topic=topics["results"],
-        dead_letter_topic=topics["dead"],
-        group_id=unique_group,
-        model_root=str(model_root),
-        model_name="mlp",
+    return worker_settings_for(
+        kafka_bootstrap,
+        topics,
+        model_root,
+        unique_group,
         max_record_bytes=4096,
-        log_format="console",
         worker_id="test-worker",
     )
 

@@ -39,6 +39,7 @@ from tests.harness import (
     stage_of,
     start_worker,
     worker_children,
+    worker_settings_for,
 )
 from transport.admin import create_topics
 from worker.settings import Settings
@@ -68,16 +69,12 @@ async def topics(kafka_bootstrap: str) -> dict[str, str]:
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: dict[str, str], model_root: Path, unique_group: str) -> Settings:
     """A worker on this test's topics, the mlp its default model, no control topic."""
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        input_topic=topics["input"],
-        results_topic=topics["results"],
-        dead_letter_topic=topics["dead"],
-        group_id=unique_group,
+    return worker_settings_for(
+        kafka_bootstrap,
+        topics,
+        model_root,
+        unique_group,
         control_topic="",
-        model_root=str(model_root),
-        model_name="mlp",
-        log_format="console",
         worker_id="hardening-worker",
         commit_interval_ms=100,
     )

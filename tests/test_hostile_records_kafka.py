@@ -18,7 +18,7 @@ from demo.models import install_model, make_mlp
 from schemas import headers as h
 from schemas.codec import encode_request
 from schemas.control import Canary, DesiredState, encode_state
-from tests.harness import Out, committed, produce, read_topic, responses, run_burst, stage_of
+from tests.harness import Out, committed, produce, read_topic, responses, run_burst, stage_of, worker_settings_for
 from worker.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -45,16 +45,12 @@ async def topics(make_topics) -> dict[str, str]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: dict[str, str], model_root: Path, unique_group: str) -> Settings:
     """A worker on this test's topics, default limits (1 MiB records, 4096 rows), model mlp."""
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        input_topic=topics["input"],
-        results_topic=topics["results"],
-        dead_letter_topic=topics["dead"],
+    return worker_settings_for(
+        kafka_bootstrap,
+        topics,
+        model_root,
+        unique_group,
         control_topic=topics["control"],
-        group_id=unique_group,
-        model_root=str(model_root),
-        model_name="mlp",
-        log_format="console",
         worker_id="test-worker",
     )
 

@@ -17,7 +17,7 @@ from producer.client import FeatureProducer
 from producer.score import EXIT_FAILURES, EXIT_OK, add_parser, run
 from producer.scoring import JobShape, job_prefix
 from tests.conftest import MakeTopics
-from tests.harness import REPO, end_offsets, run_burst
+from tests.harness import REPO, end_offsets, run_burst, worker_settings_for
 from worker.runner import Worker
 from worker.settings import Settings
 
@@ -44,16 +44,12 @@ async def topics(make_topics: MakeTopics) -> dict[str, str]:
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: dict[str, str], model_root: Path, unique_group: str) -> Settings:
     """A worker for this test's topics, default model mlp, at most 4 rows a request."""
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        input_topic=topics["input"],
-        results_topic=topics["results"],
-        dead_letter_topic=topics["dead"],
-        group_id=unique_group,
-        model_root=str(model_root),
-        model_name="mlp",
+    return worker_settings_for(
+        kafka_bootstrap,
+        topics,
+        model_root,
+        unique_group,
         max_request_rows=4,
-        log_format="console",
         log_level="warning",
     )
 

@@ -22,6 +22,7 @@ from tests.harness import (
     responses,
     run_burst,
     stage_of,
+    worker_settings_for,
 )
 from transport.admin import create_topics
 from worker.deadletter import original_headers
@@ -54,17 +55,13 @@ async def topics(make_topics) -> dict[str, str]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: dict[str, str], model_root: Path, unique_group: str) -> Settings:
     """Worker settings for this test's topics and models, default model mlp."""
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        input_topic=topics["input"],
-        results_topic=topics["results"],
-        dead_letter_topic=topics["dead"],
-        group_id=unique_group,
-        model_root=str(model_root),
-        model_name="mlp",
+    return worker_settings_for(
+        kafka_bootstrap,
+        topics,
+        model_root,
+        unique_group,
         max_request_rows=4,
         max_record_bytes=4096,
-        log_format="console",
         worker_id="test-worker",
     )
 

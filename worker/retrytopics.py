@@ -19,6 +19,7 @@ Everything here is pure: the sender (worker/sender.py) and the fetch loop (worke
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,13 +46,17 @@ class RetryTopics:
         attempts = (settings.retry_topic_attempts or len(delays) + 1) if delays else 1
         return cls(settings.input_topic, delays, attempts)
 
-    @property
+    @functools.cached_property
     def topics(self) -> list[str]:
         """The retry topics, in the order a record goes through them."""
         return [retry_topic_of(self.input_topic, delay) for delay in self.delays_ms]
 
+    @functools.cached_property
+    def _topic_set(self) -> frozenset[str]:
+        return frozenset(self.topics)
+
     def is_retry_topic(self, topic: str) -> bool:
-        return topic in self.topics
+        return topic in self._topic_set
 
     def attempt_of(self, record: Record) -> int:
         """Which attempt this delivery of `record` is: 1 on the input topic, the header's on a retry topic
@@ -97,6 +102,8 @@ class RetryTopics:
 
 def first_not_due(records: Sequence[Record], retries: RetryTopics, now_ms: int) -> tuple[int, int | None]:
     """How many of a partition's fetched `records` are due, from the first; and when the next one is."""
+    if not records or not retries.is_retry_topic(records[0].topic):  # the input topic's: all due
+        return len(records), None
     for index, record in enumerate(records):
         due = retries.due_at(record)
         if due is not None and due > now_ms:

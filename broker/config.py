@@ -176,6 +176,9 @@ def server_properties(config: BrokerConfig) -> dict[str, str]:
         "group.min.session.timeout.ms": "1000",
         "group.consumer.min.session.timeout.ms": "1000",
         "group.consumer.min.heartbeat.interval.ms": "500",
+        # Share groups (KIP-932, on by default since Kafka 4.2): a group may set an acquisition lock
+        # as short as a second, so that a test sees a killed worker's records redelivered quickly.
+        "group.share.min.record.lock.duration.ms": "1000",
     }
 
 

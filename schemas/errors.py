@@ -6,8 +6,9 @@
     │   ├── ValidationError         stage "validate": names, shapes, datatypes, row limits, NaN
     │   ├── ModelNotFoundError      stage "validate": no such model, or no such version
     │   │   └── ModelUnavailableError   not on this worker (yet): a version not pulled   [retry later]
-    │   └── InferenceError          stage "infer":    onnxruntime raised on this record alone
-    │       └── InferenceTimeout    stage "infer":    the model ran past the inference timeout  [retry later]
+    │   ├── InferenceError          stage "infer":    onnxruntime raised on this record alone
+    │   │   └── InferenceTimeout    stage "infer":    the model ran past the inference timeout  [retry later]
+    │   └── DeliveryLimitError      stage "consume":  a share group delivered it as often as it allows
     ├── TransientError              retriable: the same call may succeed later
     │   ├── BrokerUnavailableError  the broker could not be reached or timed out
     │   └── ProduceError            a result or dead letter was not acknowledged (retriable cause)
@@ -81,6 +82,14 @@ class InferenceTimeout(InferenceError):
     model waiting on something outside it, may do better later)."""
 
     retry_later = True
+
+
+class DeliveryLimitError(RecordError):
+    """A share group delivered the record as many times as its `share.delivery.count.limit` allows
+    without an outcome (each earlier delivery crashed, timed out or was released): dead-lettered now,
+    before the broker would archive it unseen."""
+
+    stage = "consume"
 
 
 class ResultRejectedError(RecordError):

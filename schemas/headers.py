@@ -78,6 +78,9 @@ RETRY_HEADERS = (RETRY_ATTEMPTS, RETRY_ORIGINAL_TIMESTAMP, RETRY_BACKOFF_TIMESTA
 
 # Not a dead-letter header: it travels with the replayed record, and back into its next dead letter
 REPLAY_COUNT = "streamscore-replay-count"
+# Share groups (KIP-932): the broker's count of deliveries of the input record to the group, on its
+# result and its dead letter (a decimal number, 1 on the first delivery).
+DELIVERY_COUNT = "streamscore-delivery-count"
 
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
 

@@ -45,3 +45,10 @@ class InputRecord:
     headers: Sequence[tuple[str, bytes]] = ()
     timestamp: int = 0
     timestamp_type: int = 0
+    delivery_count: int | None = None  # share groups: which delivery of the record to the group this is
+
+
+def delivery_count_of(record: Message) -> int | None:
+    """The share group's delivery count of a record (None: not read through a share group)."""
+    count = getattr(record, "delivery_count", None)
+    return count if isinstance(count, int) else None

@@ -12,6 +12,7 @@ the test's event loop: no threads, no sockets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -21,10 +22,11 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced
 
-from schemas.records import InputRecord
+from schemas.records import InputRecord, Record
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from transport.seams import Headers, Rebalance
 from worker.settings import Settings
+from worker.share import Ack, GroupRules
 
 IDLE_FETCH_S = 0.002  # an empty fetch waits this long, not its whole timeout: tests stay fast
 
@@ -391,3 +393,78 @@ class FakeClients:
     def reader(self, settings: Settings) -> FakeReader:
         self.made_reader = FakeReader(self.cluster)
         return self.made_reader
+
+
+@dataclass
+class FakeShareGroup:
+    """A share group of one topic, as the broker keeps it (KIP-932): records are acquired by a poll,
+    acknowledged one by one; a released record is delivered again with its count raised, until the
+    group's delivery limit (then it is archived, never delivered again)."""
+
+    cluster: FakeCluster
+    topic: str
+    rules: GroupRules = field(default_factory=GroupRules)
+    max_records: int = 16
+    available: list[InputRecord] = field(default_factory=list)
+    acknowledged: dict[tuple[int, int], list[Ack]] = field(default_factory=lambda: defaultdict(list))
+    archived: list[InputRecord] = field(default_factory=list)
+    acquired: dict[tuple[int, int], InputRecord] = field(default_factory=dict)
+    _read: int = 0
+
+    def source(self, settings: Settings) -> FakeShareSource:
+        return FakeShareSource(self)
+
+    def acquire(self) -> list[InputRecord]:
+        """The next records to deliver: those released first, then new ones."""
+        fresh = self.cluster.records(self.topic)[self._read :]
+        self._read += len(fresh)
+        self.available += [dataclasses.replace(record, delivery_count=1) for record in fresh]
+        taken, self.available = self.available[: self.max_records], self.available[self.max_records :]
+        self.acquired.update(((r.partition, r.offset), r) for r in taken)
+        return taken
+
+    def settle(self, record: InputRecord, ack: Ack) -> None:
+        """An acknowledgement reaches the broker."""
+        where = (record.partition, record.offset)
+        taken = self.acquired.pop(where)
+        self.acknowledged[where].append(ack)
+        if ack is Ack.RELEASE:
+            count = (taken.delivery_count or 1) + 1
+            if count > self.rules.delivery_limit:
+                self.archived.append(taken)
+            else:
+                self.available.append(dataclasses.replace(taken, delivery_count=count))
+
+
+class FakeShareSource:
+    """One member of a `FakeShareGroup` (the worker's `SharedConsumer`)."""
+
+    def __init__(self, group: FakeShareGroup) -> None:
+        self.group = group
+        self.outstanding: set[tuple[int, int]] = set()
+        self.closed = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        for where in list(self.outstanding):  # closing releases what is still acquired
+            self.group.settle(self.group.acquired[where], Ack.RELEASE)
+        self.closed = True
+
+    async def poll(self, timeout_s: float) -> list[InputRecord]:
+        assert not self.outstanding, f"polled with records of the last poll unacknowledged: {self.outstanding}"
+        records = self.group.acquire()
+        if not records:
+            await asyncio.sleep(IDLE_FETCH_S)
+        self.outstanding = {(r.partition, r.offset) for r in records}
+        return records
+
+    async def acknowledge(self, settled: Sequence[tuple[Record, Ack]]) -> list[str]:
+        for record, ack in settled:
+            self.outstanding.remove((record.partition, record.offset))
+            self.group.settle(self.group.acquired[(record.partition, record.offset)], ack)
+        return []
+
+    async def rules(self) -> GroupRules:
+        return self.group.rules

@@ -21,6 +21,12 @@ from worker.transactions import PartitionTransactions
 log = structlog.get_logger("streamscore.worker")
 
 
+class Commits(Protocol):
+    """Makes the broker remember what is done: offsets, or (share groups) each record's acknowledgement."""
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None: ...
+
+
 class Committer:
     """Commits the acknowledged prefix of every assigned partition of the input topic."""
 

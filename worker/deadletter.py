@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from schemas import headers as h
-from schemas.records import Record
+from schemas.records import Record, delivery_count_of
 from transport.limits import record_size
 
 MAX_STACKTRACE_BYTES = 8192
@@ -47,6 +47,8 @@ def dead_letter_headers(
         (h.DLT_ATTEMPTS, str(attempts).encode()),
         (h.DLT_WORKER, worker.encode()),
     ]
+    if (deliveries := delivery_count_of(record)) is not None:  # read through a share group
+        out.append((h.DELIVERY_COUNT, str(deliveries).encode()))
     if model is not None:
         name, version, sha256 = model
         out += [

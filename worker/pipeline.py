@@ -20,7 +20,7 @@ from schemas.errors import (
     ResultRejectedError,
     ValidationError,
 )
-from schemas.records import Record
+from schemas.records import Record, delivery_count_of
 from schemas.tensors import Tensor, nonfinite_error
 from worker.deferred import from_json, stack
 from worker.outcomes import DeadLetter, Item, Outcome, Result
@@ -246,6 +246,8 @@ def _encode_results(items: Sequence[Item], outputs: dict[str, Tensor], correlati
             headers = [(key, val) for key, val in item.record.headers if key in correlation] + model_headers
         if header_length is not None:  # some outputs are binary: the JSON header's length, as on requests
             headers = [*headers, (h.BINARY_HEADER_LENGTH, str(header_length).encode())]
+        if (deliveries := delivery_count_of(item.record)) is not None:  # read through a share group
+            headers = [*headers, (h.DELIVERY_COUNT, str(deliveries).encode())]
         results.append(Result(item.record, item.request_id, result_key, value, headers, item.shadow))
     return results
 

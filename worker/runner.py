@@ -25,9 +25,9 @@ from schemas.codec import Limits
 from schemas.errors import FatalError
 from schemas.records import Record
 from transport.seams import GroupConsumer, Producer
-from worker.admit import Admitted, Load, admit, admit_loaded
+from worker.admit import Admitted, Fate, Load, admit, admit_loaded
 from worker.clients import Clients, KafkaClients, connect
-from worker.committer import Committer, TransactionalCommitter
+from worker.committer import Commits, Committer, TransactionalCommitter
 from worker.control import ControlFollower
 from worker.flow import Flow, size_of
 from worker.observe import Observer
@@ -82,7 +82,7 @@ class Worker:
         self.consumer: GroupConsumer | None = None
         self.producer: Producer | None = None
         self.sender: Sender | None = None
-        self.committer: Committer | TransactionalCommitter | None = None
+        self.committer: Commits | None = None
         self.transactions: PartitionTransactions | None = None  # exactly once
         self.retries = RetryTopics.of(settings)
         self.pauses = Pauses()
@@ -155,16 +155,7 @@ class Worker:
             inputs=[(i.name, i.datatype, i.shape) for i in model.inputs],
             providers=list(model.providers),
         )
-        self.consumer = self.clients.consumer(s, self)
-        await connect(self.consumer.start, "consumer", s)
-        self.pauses.consumer = self.consumer
-        self.committer = (
-            Committer(self.consumer, self.tracker)
-            if self.transactions is None
-            else TransactionalCommitter(  # self: the Barrier
-                self.consumer, self.tracker, self.transactions, self, s.session_timeout_ms / 1000
-            )
-        )
+        await self._join()
         self._start_tasks()
         self.started = True
         log.info(
@@ -175,6 +166,20 @@ class Worker:
             dead_letters=s.dead_letter_topic_name,
             bootstrap=s.bootstrap_servers,
             guarantee=s.guarantee,
+        )
+
+    async def _join(self) -> None:
+        """Join the consumer group; commits go through the consumer, or through each partition's transaction."""
+        s = self.settings
+        self.consumer = self.clients.consumer(s, self)
+        await connect(self.consumer.start, "consumer", s)
+        self.pauses.consumer = self.consumer
+        self.committer = (
+            Committer(self.consumer, self.tracker)
+            if self.transactions is None
+            else TransactionalCommitter(  # self: the Barrier
+                self.consumer, self.tracker, self.transactions, self, s.session_timeout_ms / 1000
+            )
         )
 
     def _start_tasks(self) -> None:
@@ -305,9 +310,9 @@ class Worker:
     async def take(self, record: Record) -> None:
         """Track a fetched record and carry out its fate: batch it, dead-letter it, or load first."""
         self.observer.consumed(record)
-        self.tracker.take(partition_of(record), record.offset)
+        self._track(record)
         self.flow.taken(size_of(record))
-        fate = admit(record, self.limits, self.serving.lineup)
+        fate = self._admit(record)
         if isinstance(fate, Load):
             problem = await self.serving.prepare(fate.name, fate.version)
             fate = admit_loaded(fate, self.serving.lineup, problem)
@@ -317,6 +322,14 @@ class Worker:
                 self.scoring.add(fate.twin)
         else:
             await self._send(fate)
+
+    def _admit(self, record: Record) -> Fate:
+        """Decode the record and choose its model (worker/admit.py decides)."""
+        return admit(record, self.limits, self.serving.lineup)
+
+    def _track(self, record: Record) -> None:
+        """A record is in flight until its outcome is acknowledged (`_settle`)."""
+        self.tracker.take(partition_of(record), record.offset)
 
     def _apply_backpressure(self) -> bool:
         """Carry out the flow's decision on the assigned partitions; True while paused."""
@@ -350,12 +363,16 @@ class Worker:
         self.observer.finished(outcome)
         if outcome.shadow:  # shadow results are best effort: no offset waits for them
             return
-        self.tracker.finish(partition_of(outcome.record), outcome.record.offset)
+        self._settle(outcome)
         self.flow.finished(size_of(outcome.record))
         if isinstance(outcome, DeadLetter):
             log_dead_letter(outcome)
         if self.in_flight == 0:
             self.scoring.wake.set()
+
+    def _settle(self, outcome: Outcome) -> None:
+        """The record's offset may be committed once those before it are (worker/offsets.py)."""
+        self.tracker.finish(partition_of(outcome.record), outcome.record.offset)
 
     def _lose(self, outcome: Outcome) -> None:
         """Exactly once: an outcome was lost with its transaction; its partition will be read again."""

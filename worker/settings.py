@@ -47,6 +47,8 @@ DEFAULT_RETRY_MAX_S = 30.0
 DEFAULT_INFERENCE_TIMEOUT_S = 60.0
 DEFAULT_COMPRESSION = "zstd"  # chosen by `python -m bench.compression`: smallest, no slower (bench/README.md)
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+GROUP, SHARE = "group", "share"
+DEFAULT_SHARE_MAX_RECORDS = 64
 DEFAULT_CORRELATION_HEADERS = ("traceparent", "tracestate", "baggage", "correlation-id", "x-request-id")
 
 
@@ -85,6 +87,10 @@ class Settings(Connection):
     guarantee: str = AT_LEAST_ONCE  # or exactly-once: results, dead letters and offsets in one transaction
     transactional_id_prefix: str = ""  # exactly-once: <prefix>-<topic>-<partition>; empty: the group id
     compression: str = DEFAULT_COMPRESSION  # of results and dead letters: none, gzip, snappy, lz4, zstd
+    # How records are consumed: "group" (a consumer group: each partition to one worker, ordered) or
+    # "share" (a share group, KIP-932: any number of workers share each partition; worker/sharing.py)
+    consumption: str = GROUP
+    share_max_records: int = DEFAULT_SHARE_MAX_RECORDS  # share: records acquired per poll (all held under one lock)
     # Retry topics: records that may succeed later (worker/retrytopics.py); no delays: none
     retry_topic_delays_ms: tuple[str, ...] = ()  # e.g. 1000,10000,60000: topics <input>-retry-<delay>
     retry_topic_attempts: int = 0  # every attempt, the first included; 0: one per delay, plus the first
@@ -121,6 +127,7 @@ class Settings(Connection):
                 f"{setting_name('guarantee')} must be at-least-once or exactly-once, not {self.guarantee!r}"
             )
         self._check_retry_topics()
+        self._check_consumption()
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"{setting_name('metrics_port')} must be 0 (off) or a TCP port, got {self.metrics_port}")
         if self.inference_timeout_s < 0:
@@ -143,6 +150,30 @@ class Settings(Connection):
             raise ConfigError(
                 f"{setting_name('retry_topic_attempts')} must be 0 (one per delay) or at least 2, got {attempts}"
             )
+
+    def _check_consumption(self) -> None:
+        name = setting_name("consumption")
+        if self.consumption not in (GROUP, SHARE):
+            raise ConfigError(f"{name} must be group or share, not {self.consumption!r}")
+        if self.consumption != SHARE:
+            return
+        if self.exactly_once:
+            raise ConfigError(
+                f"{name}=share is at least once: a share group cannot commit in a transaction; "
+                f"unset {setting_name('guarantee')} or consume as a group"
+            )
+        if self.retry_topic_delays_ms:
+            raise ConfigError(
+                f"{name}=share retries by redelivery (the broker counts each record's deliveries); "
+                f"unset {setting_name('retry_topic_delays_ms')}"
+            )
+        if self.share_max_records < 1:
+            raise ConfigError(f"{setting_name('share_max_records')} must be at least 1, got {self.share_max_records}")
+
+    @property
+    def shared(self) -> bool:
+        """Whether the worker consumes through a share group (worker/sharing.py)."""
+        return self.consumption == SHARE
 
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from worker.observe import Observer
 from worker.runner import Worker
 from worker.settings import Settings
 from worker.shared import SharedEndpoint
+from worker.sharing import ShareWorker
 from worker.tracing import start_tracing
 
 log = structlog.get_logger("streamscore.supervisor")
@@ -62,11 +63,18 @@ def child_main(settings: Settings, reports: str | None = None, exporters: tuple[
     sys.exit(code)
 
 
+def make_worker(settings: Settings, observer: Observer | None = None) -> Worker:
+    """The worker of a consumer group, or of a share group (`consumption=share`)."""
+    if settings.shared:
+        return ShareWorker(settings, observer=observer)
+    return Worker(settings, observer=observer)
+
+
 async def _serve(settings: Settings, reports: Path | None, exporters: tuple[str, ...]) -> int:
     observer = make_observer() if settings.metrics_port else None
     tracing = start_tracing(exporters)
     traced = tracing.observer(observer or Observer(), settings.group_id) if tracing is not None else None
-    worker = Worker(settings, observer=traced or observer)
+    worker = make_worker(settings, observer=traced or observer)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)  # idempotent
     try:
         if observer is None:

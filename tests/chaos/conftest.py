@@ -27,7 +27,7 @@ from broker.local import free_port
 from demo.models import install_model, make_mlp
 from tests.chaos.checker import Row, render_table
 from tests.chaos.nodes import Nodes
-from tests.chaos.scenario import Chaos, Tier, make_topics
+from tests.chaos.scenario import PARTITIONS, Chaos, Tier, make_topics
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3
@@ -129,9 +129,10 @@ async def chaos(
         model_root: Path | None = None,
         dead_configs: Mapping[str, str] | None = None,
         results_configs: Mapping[str, str] | None = None,
+        partitions: int = PARTITIONS,
     ) -> Chaos:
         await nodes.heal()
-        topics = await make_topics(nodes.bootstrap, dead_configs, results_configs)
+        topics = await make_topics(nodes.bootstrap, dead_configs, results_configs, partitions)
         world = Chaos(
             nodes,
             tier,
@@ -142,6 +143,7 @@ async def chaos(
             topics,
             f"g-{uuid.uuid4().hex[:8]}",
             record,
+            partitions=partitions,
         )
         made.append(world)
         return world

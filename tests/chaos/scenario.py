@@ -70,6 +70,7 @@ class Chaos:
     commits: CommitSampler | None = None
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # input id -> (partition, offset)
     read: dict[str, list[Output]] = field(default_factory=dict)  # what `account` read back
+    partitions: int = PARTITIONS  # of the input topic
 
     @property
     def bootstrap(self) -> str:
@@ -112,7 +113,7 @@ class Chaos:
         """Start following the outputs and sampling the group's commits."""
         self.outputs = Outputs(self.bootstrap, self.topics["results"], self.topics["dead"])
         await self.outputs.start()
-        self.commits = CommitSampler(self.bootstrap, self.group, self.topics["input"], PARTITIONS)
+        self.commits = CommitSampler(self.bootstrap, self.group, self.topics["input"], self.partitions)
         self.commits.start()
 
     async def flowed(self, stream: Stream, timeout_s: float) -> set[str]:
@@ -134,7 +135,7 @@ class Chaos:
 
     async def ends(self) -> dict[int, int]:
         """The input topic's end offsets now."""
-        return await end_offsets(self.bootstrap, self.topics["input"], PARTITIONS)
+        return await end_offsets(self.bootstrap, self.topics["input"], self.partitions)
 
     async def account(self, bound: int = 0, streams: Sequence[Stream] | None = None) -> Row:
         """Read everything back and account for every id the streams sent; the row joins the suite's table.
@@ -189,12 +190,15 @@ class Chaos:
 
 
 async def make_topics(
-    bootstrap: str, dead_configs: Mapping[str, str] | None = None, results_configs: Mapping[str, str] | None = None
+    bootstrap: str,
+    dead_configs: Mapping[str, str] | None = None,
+    results_configs: Mapping[str, str] | None = None,
+    partitions: int = PARTITIONS,
 ) -> dict[str, str]:
-    """Fresh input (6 partitions), results and dead-letter topics (3 each), three replicas."""
+    """Fresh input (6 partitions unless told), results and dead-letter topics (3 each), three replicas."""
     prefix = f"c-{uuid.uuid4().hex[:8]}"
     names = {"input": f"{prefix}-in", "results": f"{prefix}-out", "dead": f"{prefix}-in.DLT"}
-    await create_topics(bootstrap, [names["input"]], PARTITIONS)
+    await create_topics(bootstrap, [names["input"]], partitions)
     await create_topics(bootstrap, [names["results"]], OUTPUT_PARTITIONS, configs=results_configs)
     await create_topics(bootstrap, [names["dead"]], OUTPUT_PARTITIONS, configs=dead_configs)
     return names

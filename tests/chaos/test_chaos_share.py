@@ -1,0 +1,134 @@
+"""Share groups (`consumption=share`, KIP-932) on the 3-node cluster: more workers than partitions, and a kill.
+
+The workers are `streamscore worker` supervisors as in the other chaos scenarios; the accounting is
+the same checker's: every id sent ends in a result or a dead letter, none invented, a poison record
+dead-lettered once and a good one never. A share group has no ordering and no offsets: a record is
+acknowledged on its own, once its outcome is written, so the duplicates a kill may cause are the
+records the killed process held, which the broker delivers again (their delivery count above one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from schemas import headers as h
+from tests.chaos.scenario import AT_LEAST_ONCE, Chaos
+from tests.chaos.workers import Workers, worker_pid
+from tests.harness import read_topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+
+FLOW_TIMEOUT_S = 180.0
+SHORT_LOCK_MS = 3000  # the group's acquisition lock in the kill scenario (the local broker allows 1 s and up)
+MAX_RECORDS = 16
+
+
+async def share_world(chaos: Any, scenario: str) -> Chaos:
+    c: Chaos = await chaos(scenario, AT_LEAST_ONCE, partitions=2)
+    await c.watch()
+    return c
+
+
+def scored_by(workers: Workers) -> dict[int, int]:
+    """Results and dead letters each worker process wrote, from its `worker_stopped` event."""
+    return {
+        worker_pid(e) or 0: int(e.get("results", 0)) + int(e.get("dead_letters", 0))
+        for e in workers.events("worker_stopped")
+    }
+
+
+async def delivery_counts(c: Chaos) -> dict[str, list[int]]:
+    """For every output (result or dead letter): the id it answers, and the delivery count it carries."""
+    counts: dict[str, list[int]] = {}
+    for topic in (c.topics["results"], c.topics["dead"]):
+        for record in await read_topic(c.bootstrap, topic):
+            raw = dict(record.headers).get(h.DELIVERY_COUNT)
+            assert raw is not None, f"an output of {topic} without {h.DELIVERY_COUNT}: {record.headers}"
+            counts.setdefault((record.key or b"").decode(), []).append(int(raw))
+    return counts
+
+
+@pytest.mark.chaos_fast
+@pytest.mark.timeout(600)
+async def test_six_share_workers_on_two_partitions_all_score(chaos: Any) -> None:
+    """Step by step:
+    1. One supervisor runs six worker processes in one share group on a 2-partition topic
+       (a consumer group would leave four of them idle).
+    2. A stream of one-row requests with 1 % poison flows; the workers score it to the end and stop on SIGTERM.
+    Every process scored records; every id has exactly one output (no fault, so no duplicate); each
+    poison record is dead-lettered once, its delivery count (1) on it.
+    """
+    c = await share_world(chaos, "share: 6 processes, 2 partitions")
+    count_, rate = c.tier.pick((3000, 400), (20_000, 800))
+    workers = c.start_workers(processes=6, consumption="share", share_max_records=MAX_RECORDS)
+    await workers.ready(6)
+    stream = c.stream(count_, rate)
+    stream.start()
+
+    unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
+    codes = await c.stop_workers()
+    row = await c.account()
+    scored = scored_by(workers)
+    print(f"records scored by each of the six share workers: {sorted(scored.values(), reverse=True)}")
+
+    assert "ok" == row.verdict, row.explain()
+    assert set() == unscored
+    assert {workers.name: 0} == codes
+    assert 6 == len(scored) and all(n > 0 for n in scored.values()), scored
+    counts = await delivery_counts(c)
+    assert {1} == {n for outputs in counts.values() for n in outputs}
+    assert set(stream.poison) == {i for i in counts if i.startswith("bad-")}
+
+
+@pytest.mark.chaos_fast
+@pytest.mark.timeout(600)
+async def test_sigkill_a_share_worker_mid_stream(chaos: Any) -> None:
+    """Step by step:
+    1. The group's acquisition lock is set to 3 s; one supervisor runs three share workers on 2 partitions.
+    2. Half-way through the stream one worker process gets SIGKILL (the supervisor starts another).
+    3. The stream finishes; the workers score it to the end and stop on SIGTERM.
+    Nothing is missing or invented; the records the killed process held come again once its lock
+    expires (delivery count 2 or more); every duplicate is one of them, and there are at most as many as
+    it can hold (its last poll, MAX_RECORDS, plus the producer batch the broker adds to it).
+    """
+    c = await share_world(chaos, "share: sigkill 1 of 3")
+    await set_share_group(c.bootstrap, c.group, {"share.record.lock.duration.ms": str(SHORT_LOCK_MS)})
+    count_, rate = c.tier.pick((3000, 300), (20_000, 800))
+    workers = c.start_workers(processes=3, consumption="share", share_max_records=MAX_RECORDS)
+    pids = await workers.ready(3)
+    stream = c.stream(count_, rate)
+    stream.start()
+
+    await stream.reached(0.5)
+    os.kill(pids[0], signal.SIGKILL)
+    unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
+    codes = await c.stop_workers()
+    row = await c.account(bound=2 * MAX_RECORDS)
+
+    counts = await delivery_counts(c)
+    redelivered = {i for i, outputs in counts.items() if max(outputs) > 1}
+    duplicated = {i for i, n in Counter({i: len(o) for i, o in counts.items()}).items() if n > 1}
+    print(f"redelivered after the kill: {len(redelivered)}; duplicated: {len(duplicated)}")
+    assert 0 == row.missing and 0 == row.phantom and 0 == row.good_dead_lettered, row.explain()
+    assert set() == unscored
+    assert {workers.name: 0} == codes
+    assert redelivered, "the killed process held no record: nothing was delivered again"
+    assert duplicated <= redelivered
+    assert len(duplicated) <= 2 * MAX_RECORDS
+
+
+async def set_share_group(bootstrap: str, group: str, configs: dict[str, str]) -> None:
+    """Set a share group's configuration (as `kafka-configs.sh --entity-type groups` does)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.incremental_alter_configs([ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)])
+    for future in futures.values():
+        await asyncio.to_thread(future.result, 10)

@@ -34,7 +34,15 @@ def file_digests(files: Mapping[str, bytes]) -> dict[str, str]:
 
 
 def check_files(where: str, manifest: Manifest, stored: Mapping[str, bytes]) -> None:
-    """ArtifactError for a stored file whose sha256 is not the manifest's (a manifest without `files` checks none)."""
+    """ArtifactError for a stored file whose sha256 is not the manifest's (a manifest without `files` checks none),
+    or an uncompressed artifact whose size is not the manifest's (said first: it tells a truncated file)."""
+    artifact = stored.get(manifest.artifact)
+    if manifest.compression == "none" and artifact is not None and len(artifact) != manifest.size:
+        cut = "cut short (an interrupted upload or copy)" if len(artifact) < manifest.size else "grown"
+        raise ArtifactError(
+            f"{where}: {manifest.artifact} is {len(artifact)} bytes where the manifest says {manifest.size}; it was "
+            f"{cut} or replaced after the push: {REPUSH}"
+        )
     if not manifest.files:
         return
     for relative, data in stored.items():

@@ -6,6 +6,10 @@ sha256 of every file. A version appears whole or not at all: `add` writes its fi
 staging folder and renames it into place (`Storage.write_version`), so a push that fails or
 crashes leaves only a `.staging-*` folder, which no listing shows. A folder holding a plain
 `model.onnx` and no manifest was copied in by hand: it is served, but nothing verifies it.
+
+In an object store (`s3://bucket/prefix`, `artifacts.objectstore`) the manifest is written last
+and makes the version exist; files without one are a push under way or interrupted, never served.
+Read from there, a version's files can be kept on local disk by sha256 (`artifacts.cache`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.cache import DigestCache
 from artifacts.integrity import check_files, check_model, file_digests, inflate, unverified_files
 from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, check_name, version_key
 from artifacts.storage import LocalStorage, Storage, StorageError
+
+S3_EXTRA = "pip install 'streamscore[s3]'"
 
 DEFAULT_MODEL_ROOT = "models"  # the registry folder, relative to where the command runs
 
@@ -34,13 +41,24 @@ class StoredVersion:
 class Registry:
     """Read and add model versions in a storage."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, cache: DigestCache | None = None) -> None:
         self.storage = storage
+        self.cache = cache  # files read from the storage, kept by sha256; None: read every time
 
     @classmethod
-    def at(cls, root: Path | str) -> Registry:
-        """The registry in a local or mounted directory."""
-        return cls(LocalStorage(Path(root)))
+    def at(cls, root: Path | str, cache: Path | None = None) -> Registry:
+        """The registry at `root`: an `s3://bucket/prefix` URL, else a local or mounted directory.
+        `cache`: where files read from an object store are kept by sha256 (a directory needs none)."""
+        if isinstance(root, Path) or not root.startswith("s3://"):
+            return cls(LocalStorage(Path(root)))
+        try:
+            from artifacts.objectstore import S3Storage  # obstore is the optional `s3` extra
+        except ImportError as error:
+            raise StorageError(f"a registry at {root} needs the s3 extra ({error}): {S3_EXTRA}") from None
+        return cls(S3Storage(root), None if cache is None else DigestCache(cache))
+
+    def __str__(self) -> str:
+        return str(self.storage)
 
     def models(self) -> list[str]:
         """Names of the models that have at least one version (pushed, or copied by hand)."""
@@ -53,8 +71,11 @@ class Registry:
         return sorted(found, key=version_key)
 
     def unverified_versions(self, name: str) -> list[str]:
-        """The versions of `name` copied in by hand: a plain model.onnx and no manifest, oldest first."""
+        """The versions of `name` copied in by hand: a plain model.onnx and no manifest, oldest first
+        (none in an object store, where such files are a push under way or interrupted)."""
         check_name("model name", name)
+        if not self.storage.hand_copies:
+            return []
         exists = self.storage.exists
         found = [
             v
@@ -80,15 +101,29 @@ class Registry:
         """
         manifest = self.manifest(name, version)
         where = f"model {name} version {version}"
+        files = (manifest.artifact, *manifest.external_data)
+        cached = {relative: self._cached(manifest, relative) for relative in files}
         stored = {
-            relative: self.storage.read(f"{name}/{version}/{relative}")
-            for relative in (manifest.artifact, *manifest.external_data)
+            relative: self.storage.read(f"{name}/{version}/{relative}") if data is None else data
+            for relative, data in cached.items()
         }
         check_files(where, manifest, stored)
+        self._keep(manifest, {relative: stored[relative] for relative, data in cached.items() if data is None})
         artifact = stored.pop(manifest.artifact)
         model = inflate(where, manifest, artifact) if manifest.compression == "gzip" else artifact
         check_model(where, manifest, model)
         return StoredVersion(manifest, model, stored, tuple(unverified_files(manifest)))
+
+    def _cached(self, manifest: Manifest, relative: str) -> bytes | None:
+        """A file of `manifest` from the cache, when there is one and it holds the file (checked by sha256)."""
+        digest = manifest.files.get(relative)
+        return None if self.cache is None or digest is None else self.cache.get(digest)
+
+    def _keep(self, manifest: Manifest, read: dict[str, bytes]) -> None:
+        """Cache the files just read from the storage (and checked against `manifest`)."""
+        if self.cache is not None and manifest.files:
+            for relative, data in read.items():
+                self.cache.put(manifest.files[relative], data)
 
     def read_model(self, name: str, version: str) -> bytes:
         """The ONNX bytes of a version, decompressed and checked (`read_version`)."""
@@ -112,8 +147,11 @@ class Registry:
 
     def record(self, name: str, version: str, event: dict[str, object]) -> None:
         """Append an event (an optimization attempt, ...) to a version's manifest history."""
-        updated = self.manifest(name, version).with_event(dict(event))
-        self.storage.replace(f"{name}/{version}/{MANIFEST_FILE}", updated.to_json())
+        check_name("model name", name)
+        check_name("model version", version)
+        self.storage.update(
+            f"{name}/{version}/{MANIFEST_FILE}", lambda raw: Manifest.from_json(raw).with_event(dict(event)).to_json()
+        )
 
     def next_version(self, name: str) -> str:
         """One more than the highest numeric version folder of `name` ("1" for a new model)."""

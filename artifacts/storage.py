@@ -1,9 +1,9 @@
 """Where the registry keeps its files: one small interface, a local-directory implementation.
 
 Keys are relative POSIX paths (`<name>/<version>/manifest.json`). A team shares the registry
-through a shared directory (a volume, NFS, a mounted bucket); an object store can implement
-the same `Storage` protocol later. Names starting with "." are the store's own (staging
-folders, temporary files): no listing shows them.
+through a shared directory (a volume, NFS, a mounted bucket) or an S3-compatible object store
+(`artifacts.objectstore`, the same `Storage` protocol). Names starting with "." are the store's
+own (staging folders, temporary files): no listing shows them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -25,6 +25,10 @@ class StorageError(ConfigError):
 
 class Storage(Protocol):
     """What the registry needs from a store of immutable files."""
+
+    # Whether a version folder with files and no manifest is a model copied in by hand (a folder,
+    # where a push appears all at once) rather than a push under way or interrupted (an object store)
+    hand_copies: bool
 
     def read(self, key: str) -> bytes:
         """The bytes under `key`; StorageError if there are none."""
@@ -41,6 +45,10 @@ class Storage(Protocol):
 
     def replace(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, atomically, replacing what was there."""
+        ...
+
+    def update(self, key: str, change: Callable[[bytes], bytes]) -> None:
+        """Replace the bytes under `key` by `change(bytes)`, atomically; StorageError if there are none."""
         ...
 
     def exists(self, key: str) -> bool: ...
@@ -65,8 +73,13 @@ def check_key(key: str) -> PurePosixPath:
 class LocalStorage:
     """A registry in a local (or mounted) directory. Writes are atomic renames."""
 
+    hand_copies = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def __str__(self) -> str:
+        return str(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).parts)
@@ -120,6 +133,10 @@ class LocalStorage:
     def replace(self, key: str, data: bytes) -> None:
         target = self._path(key)
         os.replace(self._stage(target, data), target)
+
+    def update(self, key: str, change: Callable[[bytes], bytes]) -> None:
+        """Read, change, replace atomically. Not a compare-and-swap: of two updates at once, one may be lost."""
+        self.replace(key, change(self.read(key)))
 
     def _stage(self, target: Path, data: bytes) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 The broker runs from `broker/local.py` on two free ports (never the demo broker's 9092),
 with its data in a fresh temporary folder and its jars in `<repo>/.kafka/libs` (downloaded once).
-It starts on first use by a `kafka`-marked test and stops when the session ends.
+It starts on first use by a `kafka`-marked test and stops when the session ends. Likewise a real
+S3-compatible server (`tests/s3server.py`, authentication on) starts on first use by a test of
+the object-store registry, and each such test gets a bucket of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker import local
+from tests import s3server
 from transport.admin import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,3 +73,23 @@ def make_topics(kafka_bootstrap: str) -> MakeTopics:
 def unique_group() -> str:
     """A consumer group id no other test uses."""
     return f"g-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3server.S3Server]:
+    """A local S3-compatible server for the whole session, checking every request's credentials."""
+    server = s3server.start()
+    try:
+        yield server
+    finally:
+        s3server.stop(server.process)
+
+
+@pytest.fixture
+def s3_root(s3_server: s3server.S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<a new bucket>/team/models`, with the standard AWS variables pointing at the server."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.new_bucket()}/team/models"

@@ -147,7 +147,7 @@ def stage_of(record: ConsumerRecord[bytes, bytes]) -> str:
 
 
 def worker_settings_for(
-    bootstrap: str, topics: dict[str, str], model_root: Path, group: str, **changes: Any
+    bootstrap: str, topics: dict[str, str], model_root: Path | str, group: str, **changes: Any
 ) -> Settings:
     """A worker on a test's topics ("input", "results", "dead"), its group and model root, the mlp its
     default model, logs on the console; `changes` set the rest."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from artifacts.cache import DEFAULT_CACHE
 from artifacts.registry import DEFAULT_MODEL_ROOT
 from schemas import config
 from schemas.config import setting_name as setting_name
@@ -65,7 +66,8 @@ class Settings(Connection):
     control_topic: str = DEFAULT_CONTROL_TOPIC  # desired model versions (compacted); empty: none
     shadow_topic: str = ""  # empty: "<results_topic>.shadow"
     # Model
-    model_root: str = DEFAULT_MODEL_ROOT
+    model_root: str = DEFAULT_MODEL_ROOT  # a folder, or s3://bucket/prefix (the `s3` extra)
+    model_cache: str = ""  # s3:// roots: versions' files kept here by sha256; empty: ~/.cache/streamscore/models
     model_name: str = ""  # the default model; empty: the only model under model_root
     model_version: str = ""  # pin a version of the default model; empty: the highest
     intra_op_threads: int = 1
@@ -225,8 +227,9 @@ class Settings(Connection):
         return dataclasses.replace(self, **changes)
 
     @property
-    def model_root_path(self) -> Path:
-        return Path(self.model_root)
+    def model_cache_path(self) -> Path:
+        """Where files read from an object store are kept (`model_cache`, else DEFAULT_CACHE)."""
+        return Path(self.model_cache).expanduser() if self.model_cache else DEFAULT_CACHE.expanduser()
 
 
 def batch_rows(setting: int, tuned: int | None) -> tuple[int, str]:

@@ -1,12 +1,13 @@
 """The model versions under a worker's model root, and loading them: the worker's only model I/O.
 
-Versions come from the registry at the model root (`<name>/<version>/manifest.json` beside the
-artifact: every file read once, checked against its sha256, and loaded from exactly those bytes)
-or, for models copied in by hand, from a plain `<name>/<version>/model.onnx`, loaded unverified
-(and logged as such). A version that fails to load, whatever it raises, is remembered as refused
-(here, and only here) and not tried again until `forget_refusal`: a model file never stops the
-worker. Which version serves a request is `worker.lineup`'s question; this module only finds,
-loads and keeps versions.
+Versions come from the registry at the model root, a folder or an `s3://bucket/prefix` object
+store (`<name>/<version>/manifest.json` beside the artifact: every file read once, checked
+against its sha256, and loaded from exactly those bytes; files read from an object store are
+kept in a local cache by sha256, checked at every load) or, for models copied into a folder by
+hand, from a plain `<name>/<version>/model.onnx`, loaded unverified (and logged as such). A
+version that fails to load, whatever it raises, is remembered as refused (here, and only here)
+and not tried again until `forget_refusal`: a model file never stops the worker. Which version
+serves a request is `worker.lineup`'s question; this module only finds, loads and keeps versions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from artifacts.manifest import MANIFEST_FILE, MODEL_FILE, NAME_PATTERN, version_key
+from artifacts.manifest import MODEL_FILE, NAME_PATTERN, version_key
 from artifacts.registry import Registry
 from artifacts.runtime import CPU, LoadedModel, execution_providers, load_model, load_verified
 from schemas.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError, StreamscoreError
@@ -33,8 +34,9 @@ class ModelStore:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         *,
+        cache: Path | None = None,
         default_name: str = "",
         pinned_version: str = "",
         intra_op_threads: int = 1,
@@ -43,7 +45,7 @@ class ModelStore:
         max_batch_rows: int = 0,
     ) -> None:
         self.root = root
-        self.registry = Registry.at(root)
+        self.registry = Registry.at(root, cache)
         self.pinned_version = pinned_version
         self.intra_op_threads = intra_op_threads
         self.providers = execution_providers(providers)  # ConfigError now, not at the first load
@@ -57,7 +59,8 @@ class ModelStore:
     def from_settings(cls, settings: Settings) -> ModelStore:
         """The store a worker with `settings` reads."""
         return cls(
-            settings.model_root_path,
+            settings.model_root,
+            cache=settings.model_cache_path,
             default_name=settings.model_name,
             pinned_version=settings.model_version,
             intra_op_threads=settings.intra_op_threads,
@@ -67,8 +70,7 @@ class ModelStore:
         )
 
     def _only_model(self) -> str:
-        folders = sorted(p.name for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []
-        names = [name for name in folders if self.versions(name)]  # not a folder of staging leftovers only
+        names = [name for name in self.registry.storage.list("") if self.versions(name)]  # not only leftovers
         if len(names) != 1:
             raise ModelLoadError(
                 f"no default model: {self.root} holds {len(names)} model folders ({', '.join(names)});"
@@ -87,11 +89,10 @@ class ModelStore:
         return self._refused
 
     def versions(self, name: str) -> list[str]:
-        """The versions of `name` in the registry or on disk, oldest first."""
-        folder = self.root / name
-        if not NAME_PATTERN.match(name) or not folder.is_dir():
+        """The versions of `name` in the registry, pushed or copied in by hand, oldest first."""
+        if not NAME_PATTERN.match(name):
             return []
-        found = {p.parent.name for p in folder.glob("*/*") if p.name in (MODEL_FILE, MANIFEST_FILE)}
+        found = {*self.registry.versions(name), *self.registry.unverified_versions(name)}
         return sorted((v for v in found if NAME_PATTERN.match(v)), key=version_key)
 
     def default_version(self, name: str | None = None) -> str:
@@ -168,7 +169,9 @@ class ModelStore:
         threads = self.intra_op_threads
         if not self.registry.has(name, version):
             log.warning("model_version_unverified", model=name, version=version, reason="no manifest", hint=PUSH_HINT)
-            path = self.root / name / version / MODEL_FILE
+            path = self.registry.storage.local_path(f"{name}/{version}/{MODEL_FILE}")
+            if path is None:  # an object store serves pushed versions only (files, no manifest: a push under way)
+                raise ModelLoadError(f"model {name} version {version} has no manifest in the registry at {self.root}")
             model = load_model(path, name, version, intra_op_threads=threads, providers=self.providers)
             return self._batched(model, None)
         stored = self.registry.read_version(name, version)  # each file read once and checked

@@ -5,7 +5,7 @@
     promote NAME VERSION | rollback NAME  change what serves
     canary NAME VERSION --weight W | canary NAME --end
     shadow NAME VERSION | shadow NAME --end
-    optimize NAME VERSION ...             derive an optimized version (registry/optimize.py)
+    optimize NAME VERSION ...             derive an optimized or pruned version (registry/optimize.py)
     tune NAME VERSION ...                 measure batch sizes here, record max_batch_rows (registry/tune.py)
     compare NAME ...                      shadow against current (registry/compare.py)
 
@@ -21,12 +21,12 @@ from typing import Any
 
 from artifacts.manifest import MODEL_FILE, Manifest, check_name, version_key
 from artifacts.registry import Registry
-from registry import bus, compare, optimize, push, tune
+from registry import bus, compare, optimize_cli, push, tune
 from registry.settings import RegistrySettings
 from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
 
-SUBCOMMANDS = (push, optimize, tune, compare)
+SUBCOMMANDS = (push, optimize_cli, tune, compare)
 UNCHECKED = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
 
 
@@ -233,7 +233,10 @@ def _measured(values: dict[str, Any]) -> str:
         parts.append(f"{output}: {shown}")
     settings = values.get("settings") or {}
     if settings:
-        parts.append(f"quantize={settings.get('quantize')} graph={settings.get('graph')}")
+        pruned = (
+            f" prune={settings['prune']} {settings['sparsity']:g}" if settings.get("prune", "none") != "none" else ""
+        )
+        parts.append(f"quantize={settings.get('quantize')} graph={settings.get('graph')}{pruned}")
     return "; ".join(parts)
 
 

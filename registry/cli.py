@@ -214,7 +214,7 @@ def _print_version(version: str, m: Manifest, role: str) -> None:
     if m.measurements:
         print(f"      measured against {m.parent}: {_measured(m.measurements)}")
     for event in m.history:
-        measured = _measured(event)
+        measured = _measured(event) if event.get("event") != "evaluate" else ""  # its result says it all
         head = f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}"
         print(f"{head}: {measured}" if measured else head)
 

@@ -117,16 +117,19 @@ def judge(
     data: LabelledRows,
     reference: Prediction | None,
 ) -> Evaluation:
-    """Pure: the metrics, the speed from the timed runs (run i ran feeds[i % len(feeds)]), the agreement."""
+    """Pure: the metrics, the speed from the timed runs (run i ran feeds[i % len(feeds)]), the agreement.
+
+    Speed is the median run's time per row (rows/s its inverse): on a shared machine a mean is mostly
+    what other processes took."""
     rows = np.array([len(next(iter(feeds[i % len(feeds)].values()))) for i in range(len(spent))])
-    per_row = np.array(spent, dtype=np.float64) / rows
+    per_row_ns = float(np.median(np.array(spent, dtype=np.float64) / rows))
     return Evaluation(
         version=version,
         metrics=score(prediction, data),
         batch=batch,
         batch_source=source,
-        latency_us_per_row=round(float(np.median(per_row)) / 1000, 3),
-        rows_per_s=round(float(rows.sum() / (sum(spent) / 1e9)), 1),
+        latency_us_per_row=round(per_row_ns / 1000, 3),
+        rows_per_s=round(1e9 / per_row_ns, 1),
         size=manifest.size,
         agreement=None if reference is None else agreement(prediction, reference),
     )

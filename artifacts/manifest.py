@@ -15,6 +15,9 @@ from schemas.names import check_name as check_name
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"  # a version's artifact, stored as it is
 GZIP_FILE = "model.onnx.gz"  # the artifact, gzip-compressed
+# rows per batch when neither STREAMSCORE_MAX_BATCH_ROWS nor the version's tuning gives one (the worker's
+# default, and what `model evaluate` runs an untuned version at)
+DEFAULT_MAX_BATCH_ROWS = 256
 TUNE_EVENT = "tune"  # a history event of `model tune`: max_batch_rows by intra-op threads, measured here
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown

@@ -2,11 +2,12 @@
 
     push FILE --name NAME [--version V]   add a version (registry/push.py)
     list | show NAME                      what exists, what serves, what workers report
-    promote NAME VERSION | rollback NAME  change what serves
+    promote NAME VERSION [--require-better METRIC] | rollback NAME  change what serves
     canary NAME VERSION --weight W | canary NAME --end
     shadow NAME VERSION | shadow NAME --end
-    optimize NAME VERSION ...             derive an optimized version (registry/optimize.py)
+    optimize NAME VERSION ...             derive an optimized or pruned version (registry/optimize.py)
     tune NAME VERSION ...                 measure batch sizes here, record max_batch_rows (registry/tune.py)
+    evaluate NAME [VERSIONS] --data ...   score labelled rows offline, record the metrics (registry/evaluate.py)
     compare NAME ...                      shadow against current (registry/compare.py)
 
 Each subcommand module gives `add_parser(commands)` and `run(args, settings) -> int`.
@@ -21,12 +22,13 @@ from typing import Any
 
 from artifacts.manifest import MODEL_FILE, Manifest, check_name, version_key
 from artifacts.registry import Registry
-from registry import bus, compare, optimize, push, tune
+from registry import bus, compare, evaluate, optimize_cli, push, tune
+from registry.metrics import METRICS
 from registry.settings import RegistrySettings
 from schemas.control import DesiredState, WorkerStatus
 from schemas.errors import ConfigError
 
-SUBCOMMANDS = (push, optimize, tune, compare)
+SUBCOMMANDS = (push, optimize_cli, tune, evaluate, compare)
 UNCHECKED = "workers serve it unchecked: push it with `streamscore model push` to have its files verified"
 
 
@@ -35,7 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "model",
         help="the model registry and the versions in production",
-        description="Push, list and show model versions; promote, roll back, canary, shadow, optimize, tune, compare.",
+        description="Push, list and show model versions; promote, roll back, canary, shadow, optimize, tune, evaluate, "
+        "compare.",
     )
     parser.add_argument("--model-root", help="the registry folder (env STREAMSCORE_MODEL_ROOT)")
     parser.add_argument("--bootstrap-servers", help="Kafka (env STREAMSCORE_BOOTSTRAP_SERVERS)")
@@ -49,6 +52,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="serve VERSION (the current one becomes the rollback target)")
     promote.add_argument("name")
     promote.add_argument("version")
+    promote.add_argument(
+        "--require-better",
+        metavar="METRIC",
+        choices=METRICS,
+        help="refuse unless VERSION's recorded METRIC (model evaluate) is no worse than the current version's",
+    )
     rollback = commands.add_parser("rollback", help="serve the previous current version again")
     rollback.add_argument("name")
     canary = commands.add_parser("canary", help="send a share of requests (by request id) to VERSION")
@@ -85,6 +94,8 @@ async def change_state(registry: Registry, settings: RegistrySettings, args: arg
     command = args.model_command
     if command == "promote" or (command in ("canary", "shadow") and not args.end):
         _require_version(registry, name, args.version)
+    if command == "promote" and args.require_better:
+        evaluate.require_better(registry, name, args.version, state.current, args.require_better)
     if command == "promote":
         new = state.promote(args.version)
     elif command == "rollback":
@@ -203,7 +214,7 @@ def _print_version(version: str, m: Manifest, role: str) -> None:
     if m.measurements:
         print(f"      measured against {m.parent}: {_measured(m.measurements)}")
     for event in m.history:
-        measured = _measured(event)
+        measured = _measured(event) if event.get("event") != "evaluate" else ""  # its result says it all
         head = f"      {event.get('at', '')} {event.get('event', '')} {event.get('result', '')}"
         print(f"{head}: {measured}" if measured else head)
 
@@ -233,7 +244,10 @@ def _measured(values: dict[str, Any]) -> str:
         parts.append(f"{output}: {shown}")
     settings = values.get("settings") or {}
     if settings:
-        parts.append(f"quantize={settings.get('quantize')} graph={settings.get('graph')}")
+        pruned = (
+            f" prune={settings['prune']} {settings['sparsity']:g}" if settings.get("prune", "none") != "none" else ""
+        )
+        parts.append(f"quantize={settings.get('quantize')} graph={settings.get('graph')}{pruned}")
     return "; ".join(parts)
 
 

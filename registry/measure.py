@@ -38,7 +38,7 @@ def sample_feeds(model: LoadedModel, sample: Path | None, batch: int, count: int
 
 def measure(parent: LoadedModel, candidate: LoadedModel, feeds: Sequence[Feeds], clock: Clock) -> dict[str, Any]:
     """Outputs compared on the sample, and per-row latency of both, timed interleaved."""
-    expected, actual = _run_all(parent, feeds), _run_all(candidate, feeds)
+    expected, actual = run_all(parent, feeds), run_all(candidate, feeds)
     parent_latency, latency = time_interleaved(parent, candidate, feeds[0], clock)
     return {
         "rows": int(sum(len(next(iter(f.values()))) for f in feeds)),
@@ -64,7 +64,7 @@ def generate_feeds(model: LoadedModel, batch: int, count: int = SAMPLE_BATCHES) 
             rng.standard_normal(shape) if dtype.kind == "f" else rng.integers(0, 2 if dtype.kind == "b" else 10, shape)
         )
         arrays[spec.name] = values.astype(dtype)
-    return _split(arrays, model.fixed_batch, step)
+    return split_batches(arrays, model.fixed_batch, step)
 
 
 def file_feeds(model: LoadedModel, path: Path, batch: int) -> list[Feeds]:
@@ -78,10 +78,10 @@ def file_feeds(model: LoadedModel, path: Path, batch: int) -> list[Feeds]:
     rows = np.concatenate([c for c in chunks if isinstance(c, np.ndarray)])
     if spec.shape[1] is not None and rows.shape[1] != spec.shape[1]:
         raise ConfigError(f"{path}: rows have {rows.shape[1]} columns; input {spec.name!r} takes {spec.shape[1]}")
-    return _split({spec.name: rows.astype(DATATYPES[spec.datatype])}, model.fixed_batch, batch)
+    return split_batches({spec.name: rows.astype(DATATYPES[spec.datatype])}, model.fixed_batch, batch)
 
 
-def _split(arrays: Feeds, fixed_batch: int | None, batch: int) -> list[Feeds]:
+def split_batches(arrays: Feeds, fixed_batch: int | None, batch: int) -> list[Feeds]:
     """Batches of `batch` rows; only whole ones for a model that fixes its batch size."""
     step = fixed_batch or batch
     total = len(next(iter(arrays.values())))
@@ -91,7 +91,8 @@ def _split(arrays: Feeds, fixed_batch: int | None, batch: int) -> list[Feeds]:
     return [{k: a[start : start + step] for k, a in arrays.items()} for start in range(0, total, step)]
 
 
-def _run_all(model: LoadedModel, feeds: Sequence[Feeds]) -> dict[str, Tensor]:
+def run_all(model: LoadedModel, feeds: Sequence[Feeds]) -> dict[str, Tensor]:
+    """Every output of `model` over all `feeds`, the batches' rows concatenated."""
     batches = [model.run(feed) for feed in feeds]
     return {
         name: Tensor(name, first.datatype, np.concatenate([b[name].data for b in batches]), first.parameters)
@@ -144,13 +145,14 @@ def compare_output(expected: Tensor, actual: Tensor) -> dict[str, Any]:
         "max_abs_diff": float(difference.max(initial=0.0)),
         "mean_abs_diff": float(difference.mean()) if difference.size else 0.0,
     }
-    if _is_probabilities(expected):
+    if is_probabilities(expected):
         agree = expected.data.argmax(axis=1) == actual.data.argmax(axis=1)
         result["label_agreement"] = round(float(agree.mean()), 6)
     return result
 
 
-def _is_probabilities(tensor: Tensor) -> bool:
+def is_probabilities(tensor: Tensor) -> bool:
+    """Whether a float output holds class probabilities: `parameters.labels`, or [rows, classes] rows that sum to 1."""
     data = tensor.data
     if tensor.parameters and "labels" in tensor.parameters:
         return True

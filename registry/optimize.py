@@ -2,14 +2,18 @@
 
 `optimize_model` reads as its steps:
 
-    1. transform   quantize (pre-process, then quantize_dynamic or quantize_static), then
-                   onnxruntime's offline graph optimization at the chosen level
+    1. transform   prune (magnitude or structured, `registry/prune.py`), then quantize (pre-process,
+                   then quantize_dynamic or quantize_static), then onnxruntime's offline graph
+                   optimization at the chosen level
     2. measure     run parent and candidate with `artifacts.runtime.load_model` (ZipMap outputs become
                    [rows, classes] tensors) on the same sample; sizes, interleaved latency, and per
-                   output the max/mean absolute difference and the label agreement (`registry/measure.py`)
+                   output the max/mean absolute difference and the label agreement (`registry/measure.py`);
+                   the size of both as they are and gzip-compressed
     3. judge       pure: refuse if a float output moves more than the tolerance, or a label
-                   agreement falls below the minimum
-    4. conclude    append the attempt to the parent's history; register the candidate if accepted
+                   agreement falls below the minimum; say whether the candidate is smaller and
+                   faster (`effect`): a version that is neither says so, in its record and output
+    4. conclude    append the attempt to the parent's history; register the candidate if accepted,
+                   gzip-compressed when its parent is or when that saves 5 % (as `model push` decides)
 
 Label agreement is measured on outputs that are not floats (int64 labels: the share of rows whose
 values all agree) and on probability outputs (a ZipMap, or a [rows, classes] float output whose
@@ -18,7 +22,6 @@ rows sum to 1: the share of rows with the same argmax).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import tempfile
@@ -37,10 +40,9 @@ from artifacts.registry import Registry
 from artifacts.runtime import load_model
 from artifacts.storage import check_key
 from registry.measure import SAMPLE_SEED, Clock, Feeds, file_feeds, measure, sample_feeds
-from registry.settings import RegistrySettings
+from registry.prune import PRUNE_METHODS, prune
+from registry.push import stored_form
 from schemas.errors import ConfigError, ModelLoadError
-
-COMMANDS = ("optimize",)
 
 GRAPH_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -55,6 +57,7 @@ DEFAULT_BATCH = 64
 DEFAULT_TOLERANCE = 1e-3  # graph rewrites only reorder float arithmetic
 DEFAULT_QUANTIZED_TOLERANCE = 0.05  # int8 moves probabilities by ~0.02-0.045 on our MLPs; labels gate the rest
 DEFAULT_MIN_LABEL_AGREEMENT = 0.99
+FASTER = 0.95  # a candidate is faster when it takes less than 95 % of the parent's time per row (timing noise)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class OptimizeOptions:
     batch: int = DEFAULT_BATCH
     tolerance: float = DEFAULT_TOLERANCE
     min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT
+    prune: str = "none"
+    sparsity: float = 0.0
 
     def used(self) -> dict[str, Any]:
         """The settings as recorded in measurements (paths as text, the sample named)."""
@@ -95,17 +100,24 @@ def make_options(
     batch: int = DEFAULT_BATCH,
     tolerance: float | None = None,
     min_label_agreement: float = DEFAULT_MIN_LABEL_AGREEMENT,
+    prune: str = "none",
+    sparsity: float | None = None,
 ) -> OptimizeOptions:
     """Checked options; ConfigError saying what to change."""
-    if graph not in GRAPH_LEVELS or quantize not in QUANTIZE_MODES:
-        raise ConfigError(f"use --graph {'|'.join(GRAPH_LEVELS)} and --quantize {'|'.join(QUANTIZE_MODES)}")
-    if graph == "none" and quantize == "none":
-        raise ConfigError("nothing to do: --graph none with --quantize none would copy the parent")
+    if graph not in GRAPH_LEVELS or quantize not in QUANTIZE_MODES or prune not in PRUNE_METHODS:
+        raise ConfigError(
+            f"use --graph {'|'.join(GRAPH_LEVELS)}, --quantize {'|'.join(QUANTIZE_MODES)} "
+            f"and --prune {'|'.join(PRUNE_METHODS)}"
+        )
+    if graph == "none" and quantize == "none" and prune == "none":
+        raise ConfigError("nothing to do: --graph none with --quantize none and no --prune would copy the parent")
+    if (prune != "none") != (sparsity is not None) or (sparsity is not None and not 0 < sparsity < 1):
+        raise ConfigError("--prune needs --sparsity S with 0 < S < 1 (the share of weights or units to remove)")
     if (quantize == "static") != (calibration is not None):
         raise ConfigError("--quantize static needs --calibration FILE, and only static quantization uses one")
     if batch < 1 or not 0.0 <= min_label_agreement <= 1.0 or (tolerance is not None and tolerance < 0):
         raise ConfigError("--batch must be at least 1, --tolerance at least 0, --min-label-agreement in [0, 1]")
-    default = DEFAULT_TOLERANCE if quantize == "none" else DEFAULT_QUANTIZED_TOLERANCE
+    default = DEFAULT_TOLERANCE if quantize == prune == "none" else DEFAULT_QUANTIZED_TOLERANCE
     return OptimizeOptions(
         graph,
         quantize,
@@ -114,6 +126,8 @@ def make_options(
         batch,
         default if tolerance is None else tolerance,
         min_label_agreement,
+        prune,
+        sparsity or 0.0,
     )
 
 
@@ -140,14 +154,58 @@ def optimize_model(
         parent_path = _write_parent(registry, parent, workdir)
         parent_model = load_model(parent_path, name, version)
         calibration_feeds = file_feeds(parent_model, options.calibration, options.batch) if options.calibration else []
-        candidate_path = transform(parent_path, options, workdir, calibration_feeds)
+        pruned_path, pruned = prune_file(parent_path, options, workdir / "pruned.onnx")
+        candidate_path = transform(pruned_path, options, workdir, calibration_feeds)
         candidate_model = load_model(candidate_path, name, target)
         content = candidate_path.read_bytes()
         feeds = sample_feeds(parent_model, options.sample, options.batch)
-        measured = measure(parent_model, candidate_model, feeds, clock)
-    measurements = {"parent_size": parent.size, "size": len(content), **measured, "settings": options.used()}
+        measured = {**sizes(parent_path.read_bytes(), content), **measure(parent_model, candidate_model, feeds, clock)}
+    measurements = {
+        **measured,
+        **({"prune": pruned} if pruned else {}),
+        "settings": options.used(),
+    }
+    measurements["effect"] = effect(measurements)
     reason = judge(measurements["outputs"], options.tolerance, options.min_label_agreement)
     return _conclude(registry, parent, target, content, options, measurements, reason)
+
+
+def prune_file(source: Path, options: OptimizeOptions, target: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The pruned model file and the record of what was pruned (`source` and None when not pruning)."""
+    if options.prune == "none":
+        return source, None
+    model, record = prune(onnx.load_model(str(source)), options.prune, options.sparsity)
+    onnx.save_model(model, str(target))
+    return target, record
+
+
+def sizes(parent: bytes, candidate: bytes) -> dict[str, int]:
+    """Bytes of both models as they are and gzip-compressed (what a registry that compresses would store)."""
+    return {
+        "parent_size": len(parent),
+        "size": len(candidate),
+        "parent_gzip_size": len(gzip.compress(parent, mtime=0)),
+        "gzip_size": len(gzip.compress(candidate, mtime=0)),
+    }
+
+
+def effect(m: dict[str, Any]) -> dict[str, Any]:
+    """Pure: whether the candidate is smaller (as it is, or compressed) and faster than its parent, in words."""
+    smaller = m["size"] < m["parent_size"] or m["gzip_size"] < m["parent_gzip_size"]
+    before, after = m["parent_latency_us_per_row"], m["latency_us_per_row"]
+    faster = after < FASTER * before
+    speed = "faster" if faster else ("slower" if after * FASTER > before else "no faster (within 5 %)")
+    size = f"size {_change(m['parent_size'], m['size'])}, gzip {_change(m['parent_gzip_size'], m['gzip_size'])}"
+    verdict = "smaller" if smaller else "not smaller"
+    return {
+        "smaller": smaller,
+        "faster": faster,
+        "summary": f"{verdict} ({size}); {speed} ({before:.3f} -> {after:.3f} us/row)",
+    }
+
+
+def _change(before: int, after: int) -> str:
+    return f"{before} -> {after} bytes ({(after - before) / max(before, 1):+.0%})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +305,11 @@ def _conclude(
         reason = (
             f"every float output within {options.tolerance:g}, label agreement at least {options.min_label_agreement:g}"
         )
+        artifact, compression, stored = stored_form(content, compress=True)
+        if parent.compression == "gzip" and compression == "none":
+            artifact, compression, stored = GZIP_FILE, "gzip", gzip.compress(content, mtime=0)
         manifest = candidate_manifest(parent, target, content, options, measurements, at)
-        registry.add(manifest, gzip.compress(content) if manifest.compression == "gzip" else content)
+        registry.add(replace(manifest, artifact=artifact, compression=compression), stored)
     result = f"registered {target}" if accepted else "refused"
     registry.record(
         parent.name, parent.version, {"event": "optimize", "at": at, "result": result, "reason": reason, **measurements}
@@ -268,10 +329,10 @@ def candidate_manifest(
         version=version,
         sha256=hashlib.sha256(content).hexdigest(),
         size=len(content),
-        artifact=GZIP_FILE if parent.compression == "gzip" else MODEL_FILE,
+        artifact=GZIP_FILE if parent.compression == "gzip" else MODEL_FILE,  # `_conclude` decides
         opset={(o.domain or default): o.version for o in model.opset_import if o.domain in used},
         created_at=at,
-        source=f"optimize {parent.name} {parent.version}: graph={options.graph}, quantize={options.quantize}",
+        source=f"optimize {parent.name} {parent.version}: {describe(options)}",
         metadata=dict(parent.metadata),
         external_data=[],
         parent=parent.version,
@@ -279,6 +340,12 @@ def candidate_manifest(
         history=[],
         files={},  # Registry.add records the digests of the files it stores
     )
+
+
+def describe(options: OptimizeOptions) -> str:
+    """What was done, in one line: `graph=extended, quantize=dynamic[, prune=structured 0.5]`."""
+    pruned = f", prune={options.prune} {options.sparsity:g}" if options.prune != "none" else ""
+    return f"graph={options.graph}, quantize={options.quantize}{pruned}"
 
 
 def _write_parent(registry: Registry, parent: Manifest, workdir: Path) -> Path:
@@ -295,65 +362,3 @@ def _write_parent(registry: Registry, parent: Manifest, workdir: Path) -> Path:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")  # as `model push` writes created_at
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_parser(commands: Any) -> None:
-    """Add `optimize NAME VERSION` to the `model` subcommands."""
-    parser = commands.add_parser("optimize", help="derive an optimized version, measured and gated against its parent")
-    parser.add_argument("name")
-    parser.add_argument("version", help="the parent version")
-    parser.add_argument(
-        "--graph",
-        choices=list(GRAPH_LEVELS),
-        default=DEFAULT_GRAPH,
-        help="onnxruntime graph optimizations; 'all' may fit only this CPU (default %(default)s)",
-    )
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=DEFAULT_QUANTIZE, help="int8 weights")
-    parser.add_argument("--calibration", type=Path, help="rows (csv, jsonl, npy) to calibrate static quantization")
-    parser.add_argument("--sample", type=Path, help="rows to measure on (default: seeded random rows)")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per run (default %(default)s)")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        help=f"max abs difference of float outputs (default {DEFAULT_TOLERANCE:g}, "
-        f"{DEFAULT_QUANTIZED_TOLERANCE:g} when quantizing)",
-    )
-    parser.add_argument("--min-label-agreement", type=float, default=DEFAULT_MIN_LABEL_AGREEMENT)
-    parser.add_argument("--version", dest="new_version", help="the new version (default: the next number)")
-
-
-def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
-    """Optimize, print the measurements and the outcome; 1 if the candidate was refused."""
-    options = make_options(
-        args.graph, args.quantize, args.calibration, args.sample, args.batch, args.tolerance, args.min_label_agreement
-    )
-    registry = Registry.at(settings.model_root)
-    result = optimize_model(registry, args.name, args.version, options, new_version=args.new_version)
-    print(format_report(args.name, args.version, result))
-    return 0 if result.accepted else 1
-
-
-def format_report(name: str, version: str, result: OptimizeResult) -> str:
-    """The measurements as a small table, then the outcome."""
-    m = result.measurements
-    lines = [
-        f"{'':<24}{'parent ' + version:>16}{'candidate ' + (result.version or ''):>16}",
-        f"{'size (bytes)':<24}{m['parent_size']:>16}{m['size']:>16}",
-        f"{'latency (us/row)':<24}{m['parent_latency_us_per_row']:>16.3f}{m['latency_us_per_row']:>16.3f}",
-        f"{'rows measured':<24}{m['rows']:>16}",
-        f"{'output':<24}{'max abs diff':>16}{'mean abs diff':>16}{'label agreement':>18}",
-    ]
-    for output, found in m["outputs"].items():
-        cells = [found.get(key) for key in ("max_abs_diff", "mean_abs_diff", "label_agreement")]
-        lines.append(
-            f"{output:<24}"
-            + "".join(f"{'-' if c is None else f'{c:.3g}':>16}" for c in cells[:2])
-            + f"{'-' if cells[2] is None else f'{cells[2]:.4f}':>18}"
-        )
-    verdict = f"registered {name} version {result.version} (parent {version})" if result.accepted else "refused"
-    lines.append(f"{verdict}: {result.reason}")
-    return "\n".join(lines)

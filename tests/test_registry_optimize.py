@@ -99,7 +99,8 @@ def test_dynamic_quantization_shrinks_the_model_and_keeps_its_labels(
     assert agreements and min(agreements) >= 0.99
     assert ("1", result.measurements, parent.metadata) == (child.parent, child.measurements, child.metadata)
     assert f"optimize {name} 1: graph=extended, quantize=dynamic" == child.source
-    assert (parent.compression, True) == (child.compression, "ai.onnx" in child.opset)
+    # stored compressed when the parent is, or when gzip saves 5 % (int8 weights of the MLP do)
+    assert ("gzip", True) == (child.compression, "ai.onnx" in child.opset)
     assert [("optimize", "registered 2")] == [(e["event"], e["result"]) for e in parent.history]
     assert (parent.size, child.size) == (parent.history[0]["parent_size"], parent.history[0]["size"])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from artifacts.cache import DEFAULT_CACHE
+from artifacts.manifest import DEFAULT_MAX_BATCH_ROWS as DEFAULT_MAX_BATCH_ROWS
 from artifacts.registry import DEFAULT_MODEL_ROOT
 from schemas import config
 from schemas.config import setting_name as setting_name
@@ -33,7 +34,6 @@ from schemas.topics import (
 )
 from transport.connection import AT_LEAST_ONCE, EXACTLY_ONCE, GUARANTEES, Connection
 
-DEFAULT_MAX_BATCH_ROWS = 256  # when neither the setting nor the version's tuning (`model tune`) gives one
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
 DEFAULT_MAX_IN_FLIGHT = 2000
 DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024

@@ -231,3 +231,20 @@ async def test_a_version_not_here_yet_is_released_until_the_limit_then_dead_lett
     )
     assert {(0, 0): [Ack.RELEASE, Ack.RELEASE, Ack.ACCEPT]} == dict(group.acknowledged)
     assert ([], []) == (group.archived, cluster.records(OUT))
+
+
+async def test_a_lock_too_short_for_the_poll_loses_nothing(
+    model_root: Path, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group lock far shorter than a poll's work (1 ms): records past half of it are released and
+    delivered again, some several times, but each one ends accepted after its result or dead letter,
+    and none reaches the broker's limit unseen (archived)."""
+    monkeypatch.setattr("worker.sharing.BURST_IDLE_S", 0.3)
+    ids = send(cluster, 60)
+    group = FakeShareGroup(cluster, IN, rules=GroupRules(lock_ms=1, delivery_limit=3), max_records=60)
+    assert 0 == await run_share_worker(model_root, cluster, group, burst=True, share_max_records=60)
+    answered = {r.key.decode() for r in (*cluster.records(OUT), *cluster.records(DLT)) if r.key}
+    assert set(ids) == answered
+    assert [] == group.archived
+    assert {Ack.ACCEPT} == {acks[-1] for acks in group.acknowledged.values()}
+    assert 60 == len(group.acknowledged)

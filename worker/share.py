@@ -123,7 +123,9 @@ class SharedConsumer(Protocol):
     async def rules(self) -> GroupRules: ...
 
 
-def client_options(connection: Connection, group_id: str, client_id: str, max_records: int) -> dict[str, Any]:
+def client_options(
+    connection: Connection, group_id: str, client_id: str, max_records: int, fetch_max_bytes: int = 0
+) -> dict[str, Any]:
     """librdkafka's configuration of a share consumer from streamscore's connection settings."""
     c = connection
     options: dict[str, Any] = {
@@ -134,6 +136,8 @@ def client_options(connection: Connection, group_id: str, client_id: str, max_re
         "share.acknowledgement.mode": "explicit",
         "max.poll.records": max_records,
     }
+    if fetch_max_bytes:  # what a fetch may bring is part of the memory in flight (as for the group consumer)
+        options["fetch.max.bytes"] = fetch_max_bytes
     if c.sasl_mechanism:
         options |= {"sasl.mechanism": c.sasl_mechanism, "sasl.username": c.sasl_username, "sasl.password": c.password()}
     for option, path in (

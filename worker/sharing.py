@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 from schemas.errors import DeliveryLimitError
 from schemas.records import Record, delivery_count_of
 from worker.admit import Fate
+from worker.clients import FETCH_MAX_BYTES
 from worker.flow import size_of
 from worker.outcomes import DeadLetter, Outcome
 from worker.pipeline import dead_letter
@@ -76,7 +77,9 @@ def over_limit(record: Record, delivery_limit: int) -> bool:
 def make_source(settings: Settings) -> ShareSource:
     """confluent-kafka's share consumer of the input topic, in the worker's group."""
     s = settings
-    options = client_options(s.connection, s.group_id, f"streamscore-{s.worker_name}", s.share_max_records)
+    fetch_max_bytes = max(s.max_record_bytes, min(FETCH_MAX_BYTES, s.max_in_flight_bytes // 4))
+    client_id = f"streamscore-{s.worker_name}"
+    options = client_options(s.connection, s.group_id, client_id, s.share_max_records, fetch_max_bytes)
     return ShareSource(options, [s.input_topic])
 
 
@@ -95,6 +98,7 @@ class ShareWorker(Worker):
         self.rules = GroupRules()
         self.source: SharedConsumer | None = None
         self._make_source = share_source
+        self._told_oversized = False
 
     async def _join(self) -> None:
         s = self.settings
@@ -116,7 +120,8 @@ class ShareWorker(Worker):
 
     async def main_loop(self) -> None:
         """Poll, take, wait until the poll's records are settled, acknowledge them; again."""
-        idle_since = last_progress = self.clock()
+        s, idle_since = self.settings, self.clock()
+        last_progress = idle_since
         while not self.stopping:
             last_progress = self._progress(last_progress)
             if not await self._settled():
@@ -126,6 +131,8 @@ class ShareWorker(Worker):
             self._polled_at = self.clock()
             records = await self.source.poll(POLL_TIMEOUT_S)
             self.deliveries.take(records, self.clock(), self.rules.lock_ms)
+            if len(records) > s.share_max_records:
+                self._oversized(len(records))
             for record in records:
                 await self.take(record)
             if records:
@@ -148,6 +155,22 @@ class ShareWorker(Worker):
             hint="a poll's records took more than half the group's lock: lower STREAMSCORE_SHARE_MAX_RECORDS",
         )
         return True
+
+    def _oversized(self, count: int) -> None:
+        """librdkafka 2.16 hands out whole producer batches whatever max.poll.records says (KIP-1206's
+        record_limit mode is not in it yet): say so once a poll brings more than asked for."""
+        if not self._told_oversized:
+            self._told_oversized = True
+            log.warning(
+                "share_poll_oversized",
+                records=count,
+                max_records=self.settings.share_max_records,
+                hint=(
+                    "the client acquires whole producer batches: for a slow model, produce requests in small "
+                    "batches (linger.ms=0), or raise the group's share.record.lock.duration.ms; what is not "
+                    "settled within half the lock is released"
+                ),
+            )
 
     def _idle(self, since: float) -> bool:
         return self.in_flight == 0 and self.scoring.idle and self.clock() - since >= BURST_IDLE_S

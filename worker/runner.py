@@ -8,7 +8,8 @@ Three tasks share the work: the fetch loop (here) admits records (`worker.admit`
 one's fate), the score loop (`worker.scoring`) runs closed batches in the model thread and hands
 outcomes to the sender (`worker.sender`), the commit loop commits what is acknowledged
 (`worker.committer`). An offset is committed only when every record before it in its partition
-has its result or dead letter acknowledged.
+has its result or dead letter acknowledged. What happens when partitions go and come is
+`worker.ownership`'s; a share group's worker (`worker.sharing`) overrides how records come and go.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from worker.committer import Commits, Committer, TransactionalCommitter
 from worker.control import ControlFollower
 from worker.flow import Flow, size_of
 from worker.observe import Observer
-from worker.offsets import OffsetTracker, partition_of, shown
+from worker.offsets import OffsetTracker, partition_of
 from worker.outcomes import DeadLetter, Outcome
+from worker.ownership import Ownership
 from worker.pauses import Pauses
 from worker.policy import NOT_AUTHORIZED, access_refused
 from worker.retrytopics import RetryTopics, first_not_due
@@ -48,11 +50,10 @@ log = structlog.get_logger("streamscore.worker")
 FETCH_TIMEOUT_MS = 100
 BURST_UNASSIGNED_EXIT_S = 10.0
 PROGRESS_INTERVAL_S = 10.0
-WAIT_POLL_S = 0.01
 POLL_WHILE_PAUSED_S = 1.0
 
 
-class Worker:
+class Worker(Ownership):
     """Scores the records of the partitions this process is assigned."""
 
     def __init__(
@@ -392,85 +393,3 @@ class Worker:
         was acknowledged are committed; from the record that failed on, nothing is."""
         self.fatal = error
         self.request_stop()
-
-    # ------------------------------------------------------------------ commit side
-
-    async def commit_loop(self) -> None:
-        """Commit acknowledged offsets every commit interval."""
-        while True:
-            await asyncio.sleep(self.settings.commit_interval_ms / 1000)
-            if self.committer is not None:
-                await self.committer.commit()
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before partitions go to another worker: finish their in-flight records, commit them."""
-        deadline = self.clock() + self.settings.shutdown_grace_s
-        self.scoring.wake.set()
-        partitions = set(revoked)
-        await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
-        if self.committer is not None:
-            await self.committer.commit(partitions)
-        if self.transactions is not None:
-            await self.transactions.release(partitions)
-        self.tracker.forget(partitions)
-        self.pauses.forget(partitions)
-        for partition in partitions:
-            self._floors.pop(partition, None)
-        if revoked:
-            log.info("partitions_revoked", partitions=sorted(shown(tp) for tp in revoked))
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Exactly once: start the producers of the partitions newly assigned, fencing their last owners."""
-        self.observer.assigned(assigned)
-        if self.transactions is not None and assigned:
-            await self._take_on(assigned)
-
-    async def restart(self, partitions: set[TopicPartition]) -> None:
-        """Exactly once: a partition whose producer was dropped (fenced, or broken) and that is still ours
-        gets a new producer and is read again from its committed offset (worker/committer.py)."""
-        still = partitions & self._consumer.assignment()
-        if still:
-            log.info("partitions_restarted", partitions=sorted(shown(tp) for tp in still))
-            await self._take_on(still)
-        else:
-            self.pauses.release(partitions)
-
-    async def _take_on(self, partitions: set[TopicPartition]) -> None:
-        """Start the partitions' producers (their `init_transactions` fences the last owner and waits
-        until its last transaction is complete), then read each from its committed offset, now stable."""
-        assert self.transactions is not None and self.consumer is not None
-        self.pauses.hold(partitions)
-        try:
-            await self.transactions.assign(partitions)
-            for partition in sorted(partitions):
-                await self.consumer.seek_to_committed(partition)
-                self._floors[partition] = await self.consumer.position(partition)
-        finally:
-            self.pauses.release(partitions)
-
-    def hold(self, partitions: set[TopicPartition]) -> None:
-        """A transactional commit: stop taking these partitions' records (worker/committer.py)."""
-        self.pauses.hold(partitions)
-
-    def release(self, partitions: set[TopicPartition]) -> None:
-        """Take these partitions' records again."""
-        self.pauses.release(partitions)
-
-    async def idle(self, partitions: set[TopicPartition]) -> bool:
-        """Wait until none of these partitions' records is in flight; False if the worker stops first
-        and its grace period passes."""
-        started, grace = self.clock(), self.settings.shutdown_grace_s
-
-        def done() -> bool:
-            return self.tracker.in_flight(partitions) == 0 or (self.stopping and self.clock() - started > grace)
-
-        await self._wait_until(done, float("inf"))
-        return self.tracker.in_flight(partitions) == 0
-
-    async def _wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
-        while not condition():
-            if self.clock() >= deadline:
-                return False
-            self.scoring.wake.set()
-            await asyncio.sleep(WAIT_POLL_S)
-        return True

@@ -2,11 +2,12 @@
 
     python -m bench.share [--records-per-worker 300] [--ms-per-row 20] [--workers 1,2,4,6] [--rounds 1]
 
-On its own broker, one 2-partition topic of one-row requests, produced in small batches (as an
-event stream is; the share consumer acquires whole producer batches, README "Share groups"). For
-each worker count N, N worker processes score it in a consumer group, then N in a share group
-(fresh groups and results topics each time). Throughput is read from the results: their count over
-the span of their broker timestamps, so that start-up and the group join are left out.
+On its own broker, for each worker count N and each mode (a consumer group, then a share group):
+N worker processes start on a fresh 2-partition topic and join (the consumer group's partitions
+assigned, the share group joined); then N x --records-per-worker one-row requests are produced in
+small batches (as an event stream is; the share consumer acquires whole producer batches, README
+"Share groups"), the workers score them, and stop on SIGTERM. Throughput is read from the results:
+their count over the span of their broker timestamps.
 
 The model holds each run for rows x --ms-per-row in a sleep before scoring (the demo MLP), that
 is, off this machine's CPU, as a GPU or a remote model server would: on a 2-core machine a
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 2
 RUN_TIMEOUT_S = 600.0
 MODES = ("group", "share")
+JOIN_SETTLE_S = 3.0
 
 
 async def produce_stream(bootstrap: str, topic: str, count: int) -> None:
@@ -57,22 +62,49 @@ async def produce_stream(bootstrap: str, topic: str, count: int) -> None:
         await producer.stop()
 
 
-def start_workers(settings: dict[str, object], count: int, ms_per_row: float) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    settings: dict[str, object], count: int, ms_per_row: float, logs: Path
+) -> list[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
     env["PYTHONPATH"] = str(REPO)
-    for name, value in {**settings, "burst": True, "log_level": "warning"}.items():
+    for name, value in {**settings, "log_format": "json", "log_level": "info"}.items():
         env[setting_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     command = [sys.executable, "-m", "bench.slow_worker", str(ms_per_row)]
-    return [
-        subprocess.Popen(command, cwd=REPO, env={**env, "STREAMSCORE_WORKER_ID": f"bench-{i}"}) for i in range(count)
-    ]
+    processes = []
+    for i in range(count):
+        with (logs / f"worker-{i}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(command, cwd=REPO, env={**env, "STREAMSCORE_WORKER_ID": f"bench-{i}"}, stderr=log)
+            )
+    return processes
 
 
-async def one_run(
-    bootstrap: str, topic: str, root: Path, mode: str, workers: int, ms_per_row: float
-) -> tuple[float, int]:
-    """N worker processes in `mode` over the topic; rows/s and how many results."""
-    results = cluster.unique(f"share-bench-{mode}-{workers}-out")
+def events(logs: Path, name: str) -> list[dict[str, object]]:
+    found = []
+    for path in logs.glob("worker-*.log"):
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == name:
+                    found.append(event)
+    return found
+
+
+async def joined(logs: Path, mode: str, workers: int) -> None:
+    """Wait until every worker started and, in a consumer group, both partitions are assigned;
+    a share group hands out records on its next assignment round (a second) after a member joins."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while len(events(logs, "worker_started")) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} {mode} workers did not start; logs in {logs}")
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(JOIN_SETTLE_S)
+
+
+async def one_run(bootstrap: str, root: Path, mode: str, workers: int, args: argparse.Namespace) -> tuple[float, int]:
+    """N worker processes in `mode`, joined, then the requests; rows/s and how many results."""
+    topic, results = cluster.unique(f"share-bench-{mode}-{workers}-in"), cluster.unique(f"share-bench-{mode}-out")
+    await create_topics(bootstrap, [topic], PARTITIONS)
     await create_topics(bootstrap, [results], 1)
     settings: dict[str, object] = {
         "bootstrap_servers": bootstrap,
@@ -88,30 +120,41 @@ async def one_run(
         # score them all before a rebalance lets the partition go to another worker
         "max_in_flight": 32,
     }
-    processes = start_workers(settings, workers, ms_per_row)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    for process in processes:
-        code = await asyncio.to_thread(process.wait, max(1.0, deadline - time.monotonic()))
-        if code != 0:
-            raise RuntimeError(f"a {mode} worker exited with {code}")
+    records = args.records_per_worker * workers
+    with tempfile.TemporaryDirectory(prefix="streamscore-share-bench-logs-") as folder:
+        logs = Path(folder)
+        processes = start_workers(settings, workers, args.ms_per_row, logs)
+        try:
+            await joined(logs, mode, workers)
+            await produce_stream(bootstrap, topic, records)
+            count = await wait_for_results(bootstrap, results, records)
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                await asyncio.to_thread(process.wait, 60)
     count, first_ms, last_ms = await _result_times(bootstrap, results)
     return count / max(1e-3, (last_ms - first_ms) / 1000), count
 
 
+async def wait_for_results(bootstrap: str, topic: str, expected: int) -> int:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        count = await cluster.count_records(bootstrap, topic, 1)
+        if count >= expected:
+            return count
+        await asyncio.sleep(1.0)
+    raise RuntimeError(f"{topic}: fewer than {expected} results after {RUN_TIMEOUT_S:.0f} s")
+
+
 async def measure(bootstrap: str, args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
     found: dict[str, dict[int, list[float]]] = {mode: {n: [] for n in args.workers} for mode in MODES}
-    with tempfile.TemporaryDirectory(prefix="streamscore-share-bench-") as root:
+    with tempfile.TemporaryDirectory(prefix="streamscore-share-bench-models-") as root:
         install_bench_model(Path(root))
         for round_number in range(args.rounds):
             for workers in args.workers:
-                topic = cluster.unique(f"share-bench-in-{workers}")
-                await create_topics(bootstrap, [topic], PARTITIONS)
-                records = args.records_per_worker * workers
-                await produce_stream(bootstrap, topic, records)
                 for mode in MODES:
-                    rate, count = await one_run(bootstrap, topic, Path(root), mode, workers, args.ms_per_row)
-                    if count < records:
-                        raise RuntimeError(f"{mode} with {workers} workers wrote {count} results of {records}")
+                    rate, count = await one_run(bootstrap, Path(root), mode, workers, args)
                     found[mode][workers].append(rate)
                     print(
                         f"round {round_number + 1} {mode:5} {workers} workers {rate:8.1f} rows/s ({count} results)",

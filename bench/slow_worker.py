@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Any
 
 from artifacts.runtime import LoadedModel
 from worker.logs import configure_logging
+from worker.runner import Worker
 from worker.settings import from_sources
 from worker.supervisor import make_worker
 
@@ -38,7 +40,12 @@ def main(argv: list[str]) -> int:
     hold_each_run(float(argv[0]))
     settings = from_sources(os.environ)
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(make_worker(settings).run())
+    return asyncio.run(serve(make_worker(settings)))
+
+
+async def serve(worker: Worker) -> int:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)
+    return await worker.run()
 
 
 if __name__ == "__main__":

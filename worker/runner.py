@@ -235,13 +235,13 @@ class Worker:
     async def shutdown(self) -> bool:
         """Drain in-flight work within the grace period, commit, close. True if fully drained."""
         self.request_stop()
-        deadline = self.clock() + self.settings.shutdown_grace_s
+        deadline = self.clock() + self._grace()
         drained = await self._wait_until(lambda: self.in_flight <= self._stuck or self._crashed, deadline)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.committer is not None:  # after a fatal error too: what was acknowledged is not done again
-            await self.committer.commit()
+        if self.committer is not None and not self._abandoning():
+            await self.committer.commit()  # after a fatal error too: what was acknowledged is not done again
         if self.transactions is not None:
             await self.transactions.close()
         if not drained:
@@ -370,6 +370,16 @@ class Worker:
         self._stuck += 1
         self._fail(error)
 
+    def _abandoning(self) -> bool:
+        """Exactly once after a fatal error: what is in flight is not waited for, nor committed. An open
+        transaction may never complete (a refused write leaves it unusable); aborted at close, its
+        records are read again by whoever holds the partition next, and none of its outcomes is seen."""
+        return self.fatal is not None and self.transactions is not None
+
+    def _grace(self) -> float:
+        """How long to wait for what is in flight before a stop or a revocation."""
+        return 0.0 if self._abandoning() else self.settings.shutdown_grace_s
+
     def _fail(self, error: FatalError) -> None:
         """Something must not go on (a dead letter refused, an ACL missing): stop. The offsets of what
         was acknowledged are committed; from the record that failed on, nothing is."""
@@ -387,11 +397,11 @@ class Worker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before partitions go to another worker: finish their in-flight records, commit them."""
-        deadline = self.clock() + self.settings.shutdown_grace_s
+        deadline = self.clock() + self._grace()
         self.scoring.wake.set()
         partitions = set(revoked)
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
-        if self.committer is not None:
+        if self.committer is not None and not self._abandoning():
             await self.committer.commit(partitions)
         if self.transactions is not None:
             await self.transactions.release(partitions)
@@ -423,13 +433,19 @@ class Worker:
         until its last transaction is complete), then read each from its committed offset, now stable."""
         assert self.transactions is not None and self.consumer is not None
         self.pauses.hold(partitions)
+        taken = True
         try:
             await self.transactions.assign(partitions)
             for partition in sorted(partitions):
                 await self.consumer.seek_to_committed(partition)
                 self._floors[partition] = await self.consumer.position(partition)
+        except FatalError as error:  # an ACL missing: aiokafka's rebalance listener would only log it
+            taken = False  # the partitions stay paused: nothing of them is read without their producer
+            log.critical("partitions_not_taken_on", partitions=sorted(shown(tp) for tp in partitions), error=str(error))
+            self._fail(error)
         finally:
-            self.pauses.release(partitions)
+            if taken:
+                self.pauses.release(partitions)
 
     def hold(self, partitions: set[TopicPartition]) -> None:
         """A transactional commit: stop taking these partitions' records (worker/committer.py)."""

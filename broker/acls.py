@@ -4,18 +4,23 @@ aiokafka's admin client has no ACL methods, and the jars of the local broker hol
 `kafka-acls` tool (kafka-tools is not among them), so the CreateAcls and DeleteAcls requests
 (version 1, the oldest Kafka 4 accepts) are sent with aiokafka's protocol classes, many ACLs in
 one request. No JVM starts: an ACL change takes milliseconds, not seconds.
+
+The controller answers CreateAcls once the ACLs are in the metadata log; a broker enforces them
+a moment later, once it has read them. So `create_acls` then asks the broker (DescribeAcls, which
+it answers from its own authorizer) until it lists them: a client started next is judged by them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
-from aiokafka.protocol.admin import CreateAclsRequest_v1, DeleteAclsRequest_v1
+from aiokafka.protocol.admin import CreateAclsRequest_v1, DeleteAclsRequest_v1, DescribeAclsRequest_v1
 from aiokafka.protocol.api import Request
 
 from broker.errors import LocalBrokerError
@@ -29,6 +34,8 @@ OPERATIONS = {
     "CLUSTER_ACTION": 9, "DESCRIBE_CONFIGS": 10, "ALTER_CONFIGS": 11, "IDEMPOTENT_WRITE": 12,
 }  # fmt: skip
 ALLOW = 3
+ANY = 1  # a filter's "any" resource type, pattern type, operation or permission
+POLL_S = 0.05
 CLUSTER_NAME = "kafka-cluster"
 ANY_HOST = "*"
 
@@ -75,10 +82,37 @@ class _DeleteAcls(Request[DeleteAclsRequest_v1]):  # type: ignore[misc]  # aioka
         return request_struct_class([acl.entry() for acl in self.acls])
 
 
-async def create_acls(connection: Connection, acls: Sequence[Acl]) -> None:
-    """Grant every ACL in `acls` (one request); `connection` authenticates as a super user."""
-    response = await _send(connection, _CreateAcls(acls))
-    _raise_errors("create", [(code, message) for code, message in response.creation_responses])
+class _DescribeAcls(Request[DescribeAclsRequest_v1]):  # type: ignore[misc]  # aiokafka has no type hints
+    API_KEY = 29
+
+    def __init__(self, principal: str) -> None:
+        self.principal = principal
+
+    def build(self, request_struct_class: type[DescribeAclsRequest_v1]) -> DescribeAclsRequest_v1:
+        return request_struct_class(ANY, None, ANY, self.principal, None, ANY, ANY)
+
+
+async def create_acls(connection: Connection, acls: Sequence[Acl], timeout_s: float = 30.0) -> None:
+    """Grant every ACL in `acls` (one request) and wait until the broker enforces them; `connection`
+    authenticates as a super user."""
+    async with _admin(connection, timeout_s) as admin:
+        response = await admin._send_request(_CreateAcls(acls))  # aiokafka has no public ACL call
+        _raise_errors("create", [(code, message) for code, message in response.creation_responses])
+        for principal in sorted({acl.principal for acl in acls}):
+            wanted = {acl.entry() for acl in acls if acl.principal == principal}
+            while not wanted <= await _described(admin, principal):
+                await asyncio.sleep(POLL_S)
+
+
+async def _described(admin: AIOKafkaAdminClient, principal: str) -> set[tuple[Any, ...]]:
+    """The ACLs of `principal` the broker enforces, as `Acl.entry()` tuples."""
+    response = await admin._send_request(_DescribeAcls(principal))
+    _raise_errors("describe", [(response.error_code, response.error_message)])
+    return {
+        (resource_type, name, pattern, *acl)
+        for resource_type, name, pattern, acls in response.resources
+        for acl in acls
+    }
 
 
 async def delete_acls(connection: Connection, acls: Sequence[Acl]) -> None:
@@ -88,11 +122,18 @@ async def delete_acls(connection: Connection, acls: Sequence[Acl]) -> None:
 
 
 async def _send(connection: Connection, request: Request[Any]) -> Any:
+    async with _admin(connection, 30.0) as admin:
+        return await admin._send_request(request)  # aiokafka has no public ACL call
+
+
+@contextlib.asynccontextmanager
+async def _admin(connection: Connection, timeout_s: float) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started; what is done with it must end within `timeout_s` (TimeoutError)."""
     admin = AIOKafkaAdminClient(**connection.kafka_options())
     try:
-        async with asyncio.timeout(30.0):
+        async with asyncio.timeout(timeout_s):
             await admin.start()
-            return await admin._send_request(request)  # aiokafka has no public ACL call
+            yield admin
     finally:
         await admin.close()
 

@@ -32,6 +32,9 @@ from broker.errors import LocalBrokerError
 DEFAULT_HOME = Path(".kafka")
 DEFAULT_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
+DEFAULT_SASL_PORT = 9094  # `broker start --acls`: the SASL_PLAINTEXT listener clients authenticate on
+USERS_FILE = "users.properties"  # `broker start --acls`: in --dir unless --users names another
+ACL_USERS = ("admin", "worker", "producer")  # the users a new users file holds
 SUPER_USER = "admin"  # with the authorizer on: the one super user, also the broker's own principal
 STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256")
@@ -282,6 +285,20 @@ def scram_arguments(config: BrokerConfig) -> list[str]:
 
 def _safe_credential(name: str, password: str) -> bool:
     return bool(name and password) and not _UNSAFE_CREDENTIAL.search(name + password)
+
+
+def parse_users(text: str, source: str) -> dict[str, str]:
+    """The users of a users file: `name=password` a line; blank lines and `#` comments skipped."""
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, password = line.partition("=")
+        if not equals or not name.strip() or not password.strip():
+            raise LocalBrokerError(f"{source} line {number}: expected `name=password`, got {line!r}")
+        users[name.strip()] = password.strip()
+    return users
 
 
 def render_properties(properties: dict[str, str]) -> str:

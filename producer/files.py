@@ -5,6 +5,8 @@ Formats (chosen by extension, or named explicitly):
     csv    one row per line, numbers only; a first line with no number in it is a header
     jsonl  each line a JSON list of numbers (one row) or a JSON object (a ready V2 request)
     npy    a 2-D numpy array, memory-mapped (allow_pickle=False)
+    parquet  numeric columns (integers, floats, booleans), read in batches of rows with pyarrow
+           (`pip install 'streamscore[parquet]'`); a null is refused like a NaN
 
 Every reader yields 2-D float64 arrays of at most `chunk_rows` rows, all with the same number of
 columns; `jsonl` also yields `ReadyRequest`s, in file order. A bad value is a `ConfigError` that
@@ -24,9 +26,9 @@ import orjson
 
 from schemas.errors import ConfigError
 
-FORMATS = ("csv", "jsonl", "npy")
+FORMATS = ("csv", "jsonl", "npy", "parquet")
 DEFAULT_CHUNK_ROWS = 10_000
-_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npy": "npy"}
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npy": "npy", ".parquet": "parquet"}
 
 Rows = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -65,7 +67,7 @@ def read_chunks(path: Path | str, fmt: str | None = None, *, chunk_rows: int = D
     fmt = format_of(path, fmt)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; check the path given to --file")
-    readers = {"csv": read_csv, "jsonl": read_jsonl, "npy": read_npy}
+    readers = {"csv": read_csv, "jsonl": read_jsonl, "npy": read_npy, "parquet": read_parquet}
     return readers[fmt](path, chunk_rows=chunk_rows)
 
 
@@ -218,6 +220,33 @@ def read_npy(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Ro
     for start in range(0, array.shape[0], chunk_rows):
         chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float64)
         _check_finite(path, chunk, range(start, start + len(chunk)), "row")
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet
+
+
+def read_parquet(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Rows]:
+    """Rows of a Parquet file's columns, `chunk_rows` at a time (never the whole file)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'streamscore[parquet]'") from None
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as error:
+        raise ConfigError(f"{path}: not a readable Parquet file ({error})") from None
+    for field in file.schema_arrow:
+        if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_boolean(field.type)):
+            raise ConfigError(f"{path}: column {field.name!r} holds {field.type}; every column must be numeric")
+    start = 0
+    for batch in file.iter_batches(batch_size=chunk_rows):
+        columns = [column.cast(pa.float64()).to_numpy(zero_copy_only=False) for column in batch.columns]  # null: NaN
+        chunk = np.column_stack(columns) if columns else np.empty((batch.num_rows, 0))
+        _check_finite(path, chunk, range(start, start + len(chunk)), "row")
+        start += len(chunk)
         yield chunk
 
 

@@ -1,16 +1,20 @@
 """Least privilege on a real broker with ACLs checked: the README's ACL set is enough, and each ACL is needed.
 
-A broker of its own (module-scoped) runs KRaft's StandardAuthorizer; `admin` is its super user
-and creates topics and grants ACLs (`broker/acls.py`), `worker` and `producer` are ordinary
-principals with exactly the ACLs the README lists. Each case uses fresh topics and a fresh group.
+A broker of its own (module-scoped), started by `streamscore broker start --acls`, runs KRaft's
+StandardAuthorizer; `admin` is its super user and creates topics and grants ACLs
+(`broker/acls.py`), `worker` and `producer` are ordinary principals with exactly the ACLs the
+README lists. Each case uses fresh topics and a fresh group, in one of MODES: at least once;
+at least once with a retry topic; exactly once with a retry topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +29,9 @@ from broker.acls import Acl, create_acls
 from demo.models import install_model, make_mlp
 from producer.client import FeatureProducer
 from schemas import headers as h
-from schemas.codec import decode_response
+from schemas.codec import decode_response, encode_request
 from tests.conftest import REPO
+from tests.harness import worker_env
 from transport.admin import create_topics
 from transport.connection import Connection
 from worker.runner import Worker
@@ -39,20 +44,34 @@ ROWS = 4
 FAIL_FAST_S = 30.0  # a worker missing an ACL must stop well within this
 
 
+MODES = ("at-least-once", "retry-topics", "exactly-once")  # the last with a retry topic too
+RETRY_DELAY_MS = "500"
+
+
 @pytest.fixture(scope="module")
 def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.BrokerConfig]:
-    """A broker with the authorizer on, users admin (super user), worker and producer."""
+    """A broker started by `streamscore broker start --acls`: users admin (super user), worker and producer."""
+    home = tmp_path_factory.mktemp("kafka-acls")
+    (home / "libs").symlink_to(REPO / ".kafka" / "libs")
+    users = home / "users.txt"
+    users.write_text("".join(f"{name}={password}\n" for name, password in PASSWORDS.items()))
     config = local.BrokerConfig(
-        home=tmp_path_factory.mktemp("kafka-acls"),
+        home=home,
         port=local.free_port(),
         controller_port=local.free_port(),
-        libs=REPO / ".kafka" / "libs",
         sasl_port=local.free_port(),
         users=PASSWORDS,
         authorizer=True,
     )
+    ports = {"--port": config.port, "--controller-port": config.controller_port, "--sasl-port": config.sasl_port}
+    command = [sys.executable, "-m", "streamscore", "broker", "start", "--acls", "--dir", str(home)]
+    command += [*(str(part) for flag, port in ports.items() for part in (flag, port)), "--users", str(users)]
     try:
-        local.start(config, timeout_s=120.0)
+        started = subprocess.run(
+            [*command, "--timeout", "120"], cwd=REPO, env=worker_env({}), capture_output=True, text=True, timeout=180
+        )
+        assert 0 == started.returncode, started.stderr
+        assert config.address_of("SASL_PLAINTEXT") == started.stdout.strip()
         yield config
     finally:
         local.stop(config)
@@ -70,12 +89,17 @@ def connection(config: local.BrokerConfig, user: str) -> Connection:
 
 
 def worker_acls(s: Settings, principal: str = "User:worker") -> list[Acl]:
-    """The ACLs the README lists for a worker with settings `s` (at least once; control topic on)."""
+    """The ACLs the README lists for a worker with settings `s` (control topic on; retry topics and
+    exactly once as `s` says)."""
     acls = [Acl(principal, op, "TOPIC", topic) for topic in s.input_topics for op in ("READ", "DESCRIBE")]
     acls.append(Acl(principal, "READ", "TOPIC", s.control_topic))
     written = [s.results_topic, s.dead_letter_topic_name, s.shadow_topic_name, s.status_topic_name]
+    written += s.input_topics[1:]  # the retry topics
     acls += [Acl(principal, op, "TOPIC", topic) for topic in written for op in ("WRITE", "DESCRIBE")]
     acls.append(Acl(principal, "READ", "GROUP", s.group_id))
+    if s.exactly_once:
+        prefix = f"{s.transactional_id_prefix or s.group_id}-"
+        acls += [Acl(principal, op, "TRANSACTIONAL_ID", prefix, "PREFIXED") for op in ("WRITE", "DESCRIBE")]
     return acls
 
 
@@ -92,14 +116,15 @@ class Case:
     ids_by_offset: dict[int, str]
 
 
-@pytest.fixture
-async def case(acl_broker: local.BrokerConfig, tmp_path: Path) -> Case:
-    """Fresh topics and group; ROWS good requests and one that is not JSON, produced by `producer`."""
+async def new_case(broker: local.BrokerConfig, tmp_path: Path, mode: str) -> Case:
+    """Fresh topics and group for `mode`; ROWS good requests, one pinned to a version the worker lacks
+    (it waits on the retry topic, if any, then is dead-lettered) and one that is not JSON, produced
+    by `producer`."""
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     root = tmp_path / "models"
     install_model(root, "mlp", "1", make_mlp)
     settings = Settings(
-        **vars(connection(acl_broker, "worker")),
+        **vars(connection(broker, "worker")),
         input_topic=f"{prefix}-in",
         results_topic=f"{prefix}-out",
         control_topic=f"{prefix}-control",
@@ -111,34 +136,42 @@ async def case(acl_broker: local.BrokerConfig, tmp_path: Path) -> Case:
         burst=True,
         retry_attempts=2,
         retry_max_s=1.0,
+        guarantee="exactly-once" if mode == "exactly-once" else "at-least-once",
+        retry_topic_delays_ms=() if mode == "at-least-once" else (RETRY_DELAY_MS,),
     )
-    admin = connection(acl_broker, "admin")
-    topics = [settings.input_topic, settings.results_topic, settings.dead_letter_topic_name]
+    admin = connection(broker, "admin")
+    topics = [*settings.input_topics, settings.results_topic, settings.dead_letter_topic_name]
     topics += [settings.control_topic, settings.status_topic_name, settings.shadow_topic_name]
     await create_topics(admin, topics)
     await create_acls(admin, producer_acls(settings.input_topic))
-    await produce_requests(connection(acl_broker, "producer"), settings.input_topic)
+    await produce_requests(connection(broker, "producer"), settings.input_topic)
     inputs = await read_all(admin, settings.input_topic)
     return Case(settings, {r.offset: request_id(r.value) for r in inputs})
 
 
 async def produce_requests(producer: Connection, topic: str) -> None:
-    """ROWS requests with FeatureProducer, then one value that is not JSON (an idempotent producer)."""
+    """ROWS requests with FeatureProducer, then one for mlp version 2 (not installed) and one value that
+    is not JSON (an idempotent producer)."""
     async with FeatureProducer(topic=topic, model="mlp", **vars(producer)) as features:
         await features.send_rows(np.random.default_rng(0).random((ROWS, 8), dtype=np.float32))
+    late = encode_request({"x": np.zeros((1, 8), np.float32)}, id="late")
     raw = AIOKafkaProducer(**producer.kafka_options(), enable_idempotence=True)
     await raw.start()
     try:
+        await raw.send_and_wait(topic, late, headers=[(h.MODEL_VERSION, b"2")])
         await raw.send_and_wait(topic, b"not json")
     finally:
         await raw.stop()
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_worker_with_exactly_the_readme_acls_scores_every_request(
-    acl_broker: local.BrokerConfig, case: Case
+    acl_broker: local.BrokerConfig, tmp_path: Path, mode: str
 ) -> None:
-    """With exactly the README's worker ACLs (no IDEMPOTENT_WRITE, no DESCRIBE_CONFIGS), every request
-    is scored, the bad one dead-lettered, and the group's offset committed to the end."""
+    """With exactly the README's worker ACLs for its mode (no IDEMPOTENT_WRITE, no DESCRIBE_CONFIGS),
+    every request is scored, the two bad ones dead-lettered (the late one after its retry topic, when
+    there is one), and the group's offset committed to the end."""
+    case = await new_case(acl_broker, tmp_path, mode)
     admin = connection(acl_broker, "admin")
     s = case.settings
     await create_acls(admin, worker_acls(s))
@@ -147,35 +180,56 @@ async def test_worker_with_exactly_the_readme_acls_scores_every_request(
 
     results = [decode_response(r.value) for r in await read_all(admin, s.results_topic) if r.value]
     dead = await read_all(admin, s.dead_letter_topic_name)
-    assert sorted(i for i in case.ids_by_offset.values() if i) == sorted(r.id for r in results)
-    assert 1 == len(dead)
-    assert {s.input_topic: ROWS + 1} == await committed(admin, s)
+    retried = [len(await read_all(admin, topic)) for topic in s.input_topics[1:]]
+    assert sorted(i for i in case.ids_by_offset.values() if i and i != "late") == sorted(r.id for r in results)
+    assert ["", "late"] == sorted(request_id(r.value) for r in dead)
+    assert ([] if mode == "at-least-once" else [1]) == retried
+    assert ROWS + 2 == (await committed(admin, s))[s.input_topic]
 
 
-#: Each ACL a case removes: (operation, the setting naming the resource, resource type). Not here:
-#: DESCRIBE (READ and WRITE imply it), WRITE on the status and shadow topics (status records and
-#: shadow results are best effort by design: a refusal is logged, `status_not_published` or a
-#: dropped shadow result, and the worker goes on).
+@dataclass(frozen=True)
+class Removed:
+    """An ACL a case removes: its operation, the resource (a function of the settings), and its type."""
+
+    operation: str
+    resource: Callable[[Settings], str]
+    kind: str = "TOPIC"
+    pattern: str = "LITERAL"
+    modes: tuple[str, ...] = MODES
+
+    def acl(self, s: Settings) -> Acl:
+        return Acl("User:worker", self.operation, self.kind, self.resource(s), self.pattern)
+
+
+#: Each ACL a case removes. Not here: DESCRIBE (READ and WRITE imply it), WRITE on the status and
+#: shadow topics (status records and shadow results are best effort by design: a refusal is
+#: logged, `status_not_published` or a dropped shadow result, and the worker goes on).
 REMOVED = {
-    "input-read": ("READ", "input_topic", "TOPIC"),
-    "control-read": ("READ", "control_topic", "TOPIC"),
-    "results-write": ("WRITE", "results_topic", "TOPIC"),
-    "dead-letter-write": ("WRITE", "dead_letter_topic_name", "TOPIC"),
-    "group-read": ("READ", "group_id", "GROUP"),
+    "input-read": Removed("READ", lambda s: s.input_topic),
+    "control-read": Removed("READ", lambda s: s.control_topic),
+    "results-write": Removed("WRITE", lambda s: s.results_topic),
+    "dead-letter-write": Removed("WRITE", lambda s: s.dead_letter_topic_name),
+    "group-read": Removed("READ", lambda s: s.group_id, "GROUP"),
+    "retry-read": Removed("READ", lambda s: s.input_topics[1], modes=("retry-topics", "exactly-once")),
+    "retry-write": Removed("WRITE", lambda s: s.input_topics[1], modes=("retry-topics", "exactly-once")),
+    "transactional-id-write": Removed(
+        "WRITE", lambda s: f"{s.group_id}-", "TRANSACTIONAL_ID", "PREFIXED", modes=("exactly-once",)
+    ),
 }
+MATRIX = [(mode, name) for mode in MODES for name, removed in REMOVED.items() if mode in removed.modes]
 
 
-@pytest.mark.parametrize("removed", REMOVED)
+@pytest.mark.parametrize(("mode", "removed"), MATRIX)
 async def test_worker_missing_one_acl_stops_naming_it_and_loses_nothing(
-    acl_broker: local.BrokerConfig, case: Case, removed: str
+    acl_broker: local.BrokerConfig, tmp_path: Path, mode: str, removed: str
 ) -> None:
-    """Every README ACL but one: the worker stops within FAIL_FAST_S with exit code 2 (or a startup
-    error), its message names the resource and the operation, and no committed offset passes a
-    request whose result or dead letter was not written."""
+    """Every README ACL of the mode but one: the worker stops within FAIL_FAST_S with exit code 2 (or a
+    startup error), its message names the resource and the operation, and no committed offset passes
+    a request whose result or dead letter was not written."""
+    case = await new_case(acl_broker, tmp_path, mode)
     admin = connection(acl_broker, "admin")
     s = case.settings
-    operation, field, kind = REMOVED[removed]
-    missing = Acl("User:worker", operation, kind, getattr(s, field))
+    missing = REMOVED[removed].acl(s)
     await create_acls(admin, [acl for acl in worker_acls(s) if acl != missing])
 
     worker = Worker(s)
@@ -185,18 +239,22 @@ async def test_worker_missing_one_acl_stops_naming_it_and_loses_nothing(
     except Exception as error:  # a startup failure
         code, message = type(error).__name__, str(error)
 
-    assert code in (2, "NotAuthorizedError")
-    assert repr(missing.name) in message
-    assert operation in message
+    assert code in (2, "NotAuthorizedError"), message
+    assert repr(missing.name) in message or (missing.pattern == "PREFIXED" and f"'{missing.name}" in message)
+    assert missing.operation in message
     await assert_nothing_lost(admin, case)
 
 
 async def assert_nothing_lost(admin: Connection, case: Case) -> None:
-    """Every input offset below the committed one has its result or its dead letter written."""
+    """Every input offset below the committed one has its result, its dead letter or its next attempt
+    (on a retry topic) written."""
     s = case.settings
     results = {decode_response(r.value).id for r in await read_all(admin, s.results_topic) if r.value}
-    handled = dead_letter_offsets(await read_all(admin, s.dead_letter_topic_name))
-    handled |= {offset for offset, request in case.ids_by_offset.items() if request in results}
+    dead = await read_all(admin, s.dead_letter_topic_name)
+    retried = [record for topic in s.input_topics[1:] for record in await read_all(admin, topic)]
+    answered = results | {request_id(r.value) for r in [*dead, *retried]} - {""}
+    handled = dead_letter_offsets(dead, s.input_topic)
+    handled |= {offset for offset, request in case.ids_by_offset.items() if request in answered}
     position = (await committed(admin, s)).get(s.input_topic, 0)
     assert set(range(position)) <= handled
 
@@ -244,6 +302,11 @@ async def committed(connection: Connection, s: Settings) -> dict[str, int]:
     return {tp.topic: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
-def dead_letter_offsets(dead: list[ConsumerRecord[bytes, bytes]]) -> set[int]:
-    """The input offsets the dead letters stand for."""
-    return {int.from_bytes(dict(r.headers)[h.DLT_ORIGINAL_OFFSET], "big") for r in dead}
+def dead_letter_offsets(dead: list[ConsumerRecord[bytes, bytes]], topic: str) -> set[int]:
+    """The offsets on `topic` of the records the dead letters stand for (read from it, not a retry topic)."""
+    found = set()
+    for record in dead:
+        headers = dict(record.headers)
+        if headers[h.DLT_ORIGINAL_TOPIC].decode() == topic:
+            found.add(int.from_bytes(headers[h.DLT_ORIGINAL_OFFSET], "big"))
+    return found

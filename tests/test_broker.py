@@ -9,8 +9,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from broker import cli as broker_cli
 from broker import local
-from broker.config import new_cluster_id, render_properties, server_properties
+from broker.config import DEFAULT_SASL_PORT, new_cluster_id, parse_users, render_properties, server_properties
+from broker.errors import LocalBrokerError
+from streamscore.cli import make_parser
 from tests.conftest import MakeTopics
 
 
@@ -147,3 +150,38 @@ def test_a_cluster_id_never_starts_with_a_dash() -> None:
     draws = iter([b"\xf8" + bytes(15), bytes(16)])  # base64url of 0xf8... starts with "-"
 
     assert "AAAAAAAAAAAAAAAAAAAAAA" == new_cluster_id(lambda _: next(draws))
+
+
+def test_start_with_acls_writes_a_users_file_once_and_turns_the_authorizer_on(tmp_path: Path) -> None:
+    """`broker start --acls` writes <dir>/users.properties (mode 600, admin, worker and producer with random
+    passwords) when it is missing, reuses it next time, and configures the authorizer and SASL port."""
+    args = make_parser().parse_args(["broker", "start", "--acls", "--dir", str(tmp_path), "--sasl-port", "9400"])
+
+    first = broker_cli.broker_config(args)
+    second = broker_cli.broker_config(args)
+
+    assert (True, 9400) == (first.authorizer, first.sasl_port)
+    assert ["admin", "worker", "producer"] == list(first.users)
+    assert first.users == second.users
+    assert 0o600 == (tmp_path / "users.properties").stat().st_mode & 0o777
+
+
+def test_topics_create_with_acls_authenticates_as_admin_from_the_users_file(tmp_path: Path) -> None:
+    """`topics create --acls` reads --users (it never writes one) and connects as admin over SASL PLAIN."""
+    users = tmp_path / "users.txt"
+    users.write_text("# name=password\nadmin=s3cret\n")
+    argv = ["broker", "topics", "create", "t", "--acls", "--dir", str(tmp_path), "--users", str(users)]
+
+    config = broker_cli.broker_config(make_parser().parse_args(argv))
+    admin = broker_cli.admin_connection(config)
+
+    assert ("SASL_PLAINTEXT", "admin", "s3cret") == (admin.security_protocol, admin.sasl_username, admin.sasl_password)
+    assert f"127.0.0.1:{DEFAULT_SASL_PORT}" == admin.bootstrap_servers
+    with pytest.raises(LocalBrokerError, match="cannot read the users file"):
+        broker_cli.broker_config(make_parser().parse_args([*argv[:-1], str(tmp_path / "missing")]))
+
+
+def test_a_users_file_line_without_a_password_is_refused_with_its_line_number() -> None:
+    """A users file line that is not `name=password` names the file and the line."""
+    with pytest.raises(LocalBrokerError, match=r"users.txt line 2: expected `name=password`"):
+        parse_users("admin=x\nworker\n", "users.txt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.codec import encode_request
+from tests.conftest import REPO
 from tests.fakes import FakeClients, FakeCluster
 from tests.test_runner import IN, PARTITIONS, model_root, running, send_requests, settings_for, until
 from worker.health import read_reports
@@ -109,8 +111,8 @@ async def test_the_monitor_samples_in_flight_lag_and_the_model_serving(model_roo
         assert 0 == value(metrics, "streamscore_consumer_lag", topic=IN, partition="0")
         sha = worker.serving.lineup.loaded[("mlp", "2")].sha256
         assert 1 == value(metrics, "streamscore_model_info", model="mlp", version="2", sha256=sha)
-        assert monitor.ready().ok
-        assert monitor.live().ok
+        assert (True, True) == tuple(verdict.ok for verdict in monitor.judge())
+        assert (1, 1) == (value(metrics, "streamscore_healthy"), value(metrics, "streamscore_ready"))
 
 
 async def test_lag_is_end_offset_minus_position_and_zero_once_revoked(model_root: Path, cluster: FakeCluster) -> None:
@@ -136,7 +138,8 @@ async def test_lag_is_end_offset_minus_position_and_zero_once_revoked(model_root
 async def test_the_monitor_reports_a_starting_worker_as_live_and_not_ready(
     model_root: Path, cluster: FakeCluster, tmp_path: Path
 ) -> None:
-    """Under a supervisor the monitor writes this process's report at once: live (starting), not ready."""
+    """Under a supervisor the monitor writes this process's report at once: live (starting), not ready;
+    the health gauges say the same."""
     metrics = observer()
     worker = Worker(settings_for(model_root), clients=FakeClients(cluster), observer=metrics)
     task = asyncio.create_task(Monitor(worker, metrics, reports=tmp_path).run())
@@ -148,3 +151,15 @@ async def test_the_monitor_reports_a_starting_worker_as_live_and_not_ready(
     [report] = read_reports(tmp_path, {os.getpid(): "me"}).values()
     assert report is not None
     assert ([True, "starting"], False) == (report["live"], report["ready"][0])
+    assert (1, 0) == (value(metrics, "streamscore_healthy"), value(metrics, "streamscore_ready"))
+
+
+def test_the_readme_lists_every_metric() -> None:
+    """The README's metrics table has one row per metric a worker exports, and no other."""
+    text = (REPO / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(streamscore_[a-z_]+)` \| (?:counter|gauge|histogram) \|", text, re.MULTILINE))
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in Metrics(CollectorRegistry()).registry.collect()
+    }
+    assert exported == listed

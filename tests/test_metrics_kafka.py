@@ -60,6 +60,15 @@ def scrape(port: int) -> dict[str, Counter[str]]:
     return found
 
 
+def gauge(port: int, name: str) -> float | None:
+    """The value of an unlabelled gauge in one scrape of /metrics (None when absent or unreachable)."""
+    status, text = get(port, "/metrics")
+    if status != 200:
+        return None
+    values = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    return values[0] if values else None
+
+
 def wait_for(condition: object, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():  # type: ignore[operator]
@@ -144,9 +153,10 @@ async def test_one_process_is_not_ready_while_its_broker_is_down(
     own_broker: tuple[local.BrokerConfig, str], tmp_path: Path
 ) -> None:
     """Step by step: one worker process (no supervisor: it serves the endpoint itself) on a broker of its
-    own is ready; the broker stops; within the broker bound plus a probe, /readyz answers 503 saying the
-    broker is unreachable and `worker --check` exits 1 with that line, while /healthz stays 200 (the
-    loop is alive and keeps polling)."""
+    own is ready, `streamscore_ready` 1; the broker stops; within the broker bound plus a probe, /readyz
+    answers 503 saying the broker is unreachable, `streamscore_ready` reads 0 and `worker --check` exits 1
+    with that line, while /healthz stays 200 and `streamscore_healthy` 1 (the loop is alive and keeps
+    polling); the broker starts again on the same ports; /readyz answers 200 and `streamscore_ready` 1."""
     config, bootstrap = own_broker
     await create_topics(bootstrap, ["in", "out", "in.DLT"], 2)
     install_model(tmp_path / "models", "mlp", "1", make_mlp)
@@ -165,12 +175,15 @@ async def test_one_process_is_not_ready_while_its_broker_is_down(
     process = start_worker(settings, tmp_path / "worker.log")
     try:
         await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 200, 90, "/readyz 200")
+        await asyncio.to_thread(wait_for, lambda: 1 == gauge(port, "streamscore_ready"), 10, "ready gauge 1")
         await asyncio.to_thread(local.stop, config)
 
         bound = BROKER_BOUND_S + 2 * PROBE_TIMEOUT_S + 10
         await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 503, bound, "/readyz 503")
         assert "broker unreachable" in (await asyncio.to_thread(get, port, "/readyz"))[1]
+        await asyncio.to_thread(wait_for, lambda: 0 == gauge(port, "streamscore_ready"), 10, "ready gauge 0")
         assert 200 == (await asyncio.to_thread(get, port, "/healthz"))[0]
+        assert 1 == await asyncio.to_thread(gauge, port, "streamscore_healthy")
         check = subprocess.run(
             [sys.executable, "-m", "streamscore", "worker", "--check", "--metrics-port", str(port)],
             cwd=REPO,
@@ -180,6 +193,10 @@ async def test_one_process_is_not_ready_while_its_broker_is_down(
         )
         assert 1 == check.returncode
         assert check.stdout.decode().startswith("not ready: broker unreachable"), check.stdout
+
+        await asyncio.to_thread(local.start, config, timeout_s=120.0)
+        await asyncio.to_thread(wait_for, lambda: get(port, "/readyz")[0] == 200, 90, "/readyz 200 again")
+        await asyncio.to_thread(wait_for, lambda: 1 == gauge(port, "streamscore_ready"), 10, "ready gauge 1 again")
     finally:
-        process.terminate()  # the broker is gone: the worker's last commit cannot succeed; its exit code is moot
+        process.terminate()  # its exit code is moot (the broker may be gone: the last commit cannot succeed)
         await asyncio.to_thread(process.wait, 60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,44 @@ def test_jsonl_invalid_json_is_named(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # npy
+
+
+def test_parquet_columns_become_rows_in_chunks_like_csv(tmp_path: Path) -> None:
+    """A Parquet file's numeric columns (int, float, bool) come back as the same rows as the CSV of them,
+    in chunks of at most chunk_rows rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [1, 2, 3, 4, 5], "b": [0.5, -1.0, 2.5, 3.0, 600.0], "c": [True, False, True, True, False]})
+    pq.write_table(table, tmp_path / "f.parquet", row_group_size=2)
+    write(tmp_path / "f.csv", "a,b,c\n1,0.5,1\n2,-1,0\n3,2.5,1\n4,3,1\n5,600,0\n")
+
+    chunks = arrays_of(read_chunks(tmp_path / "f.parquet", chunk_rows=3))
+
+    assert [3, 2] == [len(c) for c in chunks]
+    np.testing.assert_array_equal(rows_of(read_chunks(tmp_path / "f.csv")), np.concatenate(chunks))
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [(["x", "y"], r"column 'a' holds string; every column must be numeric"), ([1.0, None], r"row 1, column 1: nan")],
+)
+def test_parquet_text_columns_and_nulls_are_refused(tmp_path: Path, column: list[Any], message: str) -> None:
+    """A text column is refused naming it; a null is refused like a NaN, naming its row and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": column}), tmp_path / "f.parquet")
+    with pytest.raises(ConfigError, match=message):
+        list(read_chunks(tmp_path / "f.parquet"))
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without pyarrow, reading Parquet says which extra to install."""
+    (tmp_path / "f.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ConfigError, match=r"pip install 'streamscore\[parquet\]'"):
+        list(read_chunks(tmp_path / "f.parquet"))
 
 
 def test_npy_is_read_in_chunks(tmp_path: Path) -> None:

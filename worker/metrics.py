@@ -74,6 +74,9 @@ class Metrics:
         )
         self.switches = counter("streamscore_model_switches_total", "Default version switches", ("model",))
         self.refusals = counter("streamscore_model_refusals_total", "Versions refused at load", ("model", "version"))
+        # What /healthz and /readyz answer, as 1/0; across processes the least of them (every one must be).
+        self.healthy = gauge("streamscore_healthy", "1: live, as /healthz says (0: not)", mode="livemin")
+        self.ready = gauge("streamscore_ready", "1: ready, as /readyz says (0: not)", mode="livemin")
 
 
 class MetricsObserver(Observer):

@@ -3,8 +3,9 @@
 `Monitor.run` ticks every SAMPLE_INTERVAL_S on the worker's event loop: it sets the gauges (in
 flight, paused partitions, the model serving, switches and refusals), every LAG_INTERVAL_S asks
 the broker for the end offsets of the assigned partitions (the consumer lag, and the proof that
-the broker answers, `worker/health.py`), and, under a supervisor, writes this process's health
-report. `observe` runs a worker with all of it, and the endpoint when the process is alone.
+the broker answers, `worker/health.py`), sets the health gauges from the verdicts /healthz and
+/readyz give, and, under a supervisor, writes this process's health report. `observe` runs a
+worker with all of it, and the endpoint when the process is alone.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ class Monitor:
     def ready(self) -> Verdict:
         return readiness(self.facts())
 
+    def judge(self) -> tuple[Verdict, Verdict]:
+        """Liveness and readiness now, also set as the gauges `streamscore_healthy` and `streamscore_ready`."""
+        live, ready = self.live(), self.ready()
+        self.metrics.healthy.set(int(live.ok))
+        self.metrics.ready.set(int(ready.ok))
+        return live, ready
+
     def checks(self) -> Checks:
         """What the endpoint answers with, for this process alone."""
         return Checks(lambda: generate_latest(self.metrics.registry), self.live, self.ready)
@@ -92,8 +100,9 @@ class Monitor:
             if self.worker.clock() - self.probed_at >= LAG_INTERVAL_S:
                 self.probed_at = self.worker.clock()
                 await self.probe()
+            live, ready = self.judge()
             if self.reports is not None:
-                write_report(self.reports, os.getpid(), self.wall(), self.live(), self.ready())
+                write_report(self.reports, os.getpid(), self.wall(), live, ready)
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     def sample(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import structlog
 from aiokafka import TopicPartition
 
+from schemas.errors import FatalError
 from transport.seams import GroupConsumer
 from worker.committer import Commits
 from worker.observe import Observer
@@ -43,6 +44,20 @@ class Ownership:
     transactions: PartitionTransactions | None
     stopping: bool
     _floors: dict[TopicPartition, int]
+    fatal: FatalError | None
+
+    def _fail(self, error: FatalError) -> None:
+        raise NotImplementedError  # worker.runner.Worker's
+
+    def _abandoning(self) -> bool:
+        """Exactly once after a fatal error: what is in flight is not waited for, nor committed. An open
+        transaction may never complete (a refused write leaves it unusable); aborted at close, its
+        records are read again by whoever holds the partition next, and none of its outcomes is seen."""
+        return self.fatal is not None and self.transactions is not None
+
+    def _grace(self) -> float:
+        """How long to wait for what is in flight before a stop or a revocation."""
+        return 0.0 if self._abandoning() else self.settings.shutdown_grace_s
 
     async def commit_loop(self) -> None:
         """Commit acknowledged offsets every commit interval."""
@@ -53,11 +68,11 @@ class Ownership:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before partitions go to another worker: finish their in-flight records, commit them."""
-        deadline = self.clock() + self.settings.shutdown_grace_s
+        deadline = self.clock() + self._grace()
         self.scoring.wake.set()
         partitions = set(revoked)
         await self._wait_until(lambda: self.tracker.in_flight(partitions) == 0, deadline)
-        if self.committer is not None:
+        if self.committer is not None and not self._abandoning():
             await self.committer.commit(partitions)
         if self.transactions is not None:
             await self.transactions.release(partitions)
@@ -90,13 +105,19 @@ class Ownership:
         until its last transaction is complete), then read each from its committed offset, now stable."""
         assert self.transactions is not None and self.consumer is not None
         self.pauses.hold(partitions)
+        taken = True
         try:
             await self.transactions.assign(partitions)
             for partition in sorted(partitions):
                 await self.consumer.seek_to_committed(partition)
                 self._floors[partition] = await self.consumer.position(partition)
+        except FatalError as error:  # an ACL missing: aiokafka's rebalance listener would only log it
+            taken = False  # the partitions stay paused: nothing of them is read without their producer
+            log.critical("partitions_not_taken_on", partitions=sorted(shown(tp) for tp in partitions), error=str(error))
+            self._fail(error)
         finally:
-            self.pauses.release(partitions)
+            if taken:
+                self.pauses.release(partitions)
 
     def hold(self, partitions: set[TopicPartition]) -> None:
         """A transactional commit: stop taking these partitions' records (worker/committer.py)."""

@@ -241,13 +241,13 @@ class Worker(Ownership):
     async def shutdown(self) -> bool:
         """Drain in-flight work within the grace period, commit, close. True if fully drained."""
         self.request_stop()
-        deadline = self.clock() + self.settings.shutdown_grace_s
+        deadline = self.clock() + self._grace()
         drained = await self._wait_until(lambda: self.in_flight <= self._stuck or self._crashed, deadline)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.committer is not None:  # after a fatal error too: what was acknowledged is not done again
-            await self.committer.commit()
+        if self.committer is not None and not self._abandoning():
+            await self.committer.commit()  # after a fatal error too: what was acknowledged is not done again
         if self.transactions is not None:
             await self.transactions.close()
         if not drained:

@@ -21,6 +21,7 @@ the group, the topic and the partition (`Settings.transactional_id`), the same o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 
 import structlog
@@ -57,7 +58,12 @@ class PartitionTransactions:
         for partition in sorted(set(partitions) - self._producers.keys()):
             transactional_id = self.settings.transactional_id(partition.topic, partition.partition)
             producer = self.clients.transactional_producer(self.settings, self.limits, transactional_id)
-            await connect(producer.start, f"transactional producer {transactional_id}", self.settings)
+            try:
+                await connect(producer.start, f"transactional producer {transactional_id}", self.settings)
+            except BaseException:
+                with contextlib.suppress(Exception):  # a producer that failed to start still holds a client
+                    await producer.stop()
+                raise
             self._producers[partition] = producer
             self._locks[partition] = asyncio.Lock()
             self._ready.setdefault(partition, asyncio.Event()).set()

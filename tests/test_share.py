@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def send(cluster: FakeCluster, count: int, headers: tuple[tuple[str, bytes], ...
     return ids
 
 
-async def run_share_worker(model_root: Path, cluster: FakeCluster, group: FakeShareGroup, **changes: object) -> int:
+def share_settings(model_root: Path, **changes: object) -> Settings:
     values: dict[str, object] = {
         "input_topic": IN,
         "results_topic": OUT,
@@ -169,7 +170,11 @@ async def run_share_worker(model_root: Path, cluster: FakeCluster, group: FakeSh
         "log_level": "warning",
         **changes,
     }
-    worker = ShareWorker(Settings(**values), clients=FakeClients(cluster), share_source=group.source)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def run_share_worker(model_root: Path, cluster: FakeCluster, group: FakeShareGroup, **changes: object) -> int:
+    worker = ShareWorker(share_settings(model_root, **changes), clients=FakeClients(cluster), share_source=group.source)
     return await asyncio.wait_for(worker.run(), 60)
 
 
@@ -233,18 +238,49 @@ async def test_a_version_not_here_yet_is_released_until_the_limit_then_dead_lett
     assert ([], []) == (group.archived, cluster.records(OUT))
 
 
-async def test_a_lock_too_short_for_the_poll_loses_nothing(
-    model_root: Path, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+class ManualClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_records_not_settled_within_half_the_lock_are_released_then_scored_again(
+    model_root: Path, cluster: FakeCluster
 ) -> None:
-    """A group lock far shorter than a poll's work (1 ms): records past half of it are released and
-    delivered again, some several times, but each one ends accepted after its result or dead letter,
-    and none reaches the broker's limit unseen (archived)."""
-    monkeypatch.setattr("worker.sharing.BURST_IDLE_S", 0.3)
-    ids = send(cluster, 60)
-    group = FakeShareGroup(cluster, IN, rules=GroupRules(lock_ms=1, delivery_limit=3), max_records=60)
-    assert 0 == await run_share_worker(model_root, cluster, group, burst=True, share_max_records=60)
-    answered = {r.key.decode() for r in (*cluster.records(OUT), *cluster.records(DLT)) if r.key}
-    assert set(ids) == answered
+    """Step by step:
+    1. A poll acquires 10 records; their results are sent, but the broker holds the acknowledgements.
+    2. Half the group's lock passes: the 10 are released to the group (not left to time out).
+    3. The acknowledgements come: none of the 10 is acknowledged a second time.
+    4. The group delivers them again (delivery count 2); they are scored and accepted.
+    Each record: RELEASE, then ACCEPT; two results each, with delivery counts 1 and 2; none archived."""
+    ids = send(cluster, 10)
+    clients, clock = FakeClients(cluster), ManualClock()
+    clients.hold_acks = True
+    group = FakeShareGroup(cluster, IN, rules=GroupRules(lock_ms=10_000))
+    settings = share_settings(model_root, max_batch_rows=10)  # a full batch closes: the clock stands still
+    worker = ShareWorker(settings, clients=clients, share_source=group.source, clock=clock)
+    running = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: clients.made_producer is not None and len(clients.made_producer._held or []) == 10)
+        clock.now += 10.0 * LOCK_SHARE
+        await until(lambda: len(group.acknowledged) == 10)
+        assert clients.made_producer is not None
+        clients.made_producer.release()
+        await until(lambda: all(len(acks) == 2 for acks in group.acknowledged.values()))
+    finally:
+        worker.request_stop()
+        assert 0 == await asyncio.wait_for(running, 30)
+    assert {where: [Ack.RELEASE, Ack.ACCEPT] for where in group.acknowledged} == dict(group.acknowledged)
+    counts = sorted((r.key.decode(), dict(r.headers)[h.DELIVERY_COUNT]) for r in cluster.records(OUT) if r.key)
+    assert sorted((i, n) for i in ids for n in (b"1", b"2")) == counts
     assert [] == group.archived
-    assert {Ack.ACCEPT} == {acks[-1] for acks in group.acknowledged.values()}
-    assert 60 == len(group.acknowledged)

@@ -90,13 +90,14 @@ def events(logs: Path, name: str) -> list[dict[str, object]]:
     return found
 
 
-async def joined(logs: Path, mode: str, workers: int) -> None:
-    """Wait until every worker started and, in a consumer group, both partitions are assigned;
-    a share group hands out records on its next assignment round (a second) after a member joins."""
+async def joined(logs: Path, mode: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until every worker started, then a few seconds more: the consumer group's rebalance ends,
+    and a share group hands out records on its next assignment round (a second) after a member joins."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while len(events(logs, "worker_started")) < workers:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{workers} {mode} workers did not start; logs in {logs}")
+    while len(events(logs, "worker_started")) < len(processes):
+        exited = [p.returncode for p in processes if p.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            raise RuntimeError(f"{len(processes)} {mode} workers did not start (exits: {exited}); logs in {logs}")
         await asyncio.sleep(0.2)
     await asyncio.sleep(JOIN_SETTLE_S)
 
@@ -125,7 +126,7 @@ async def one_run(bootstrap: str, root: Path, mode: str, workers: int, args: arg
         logs = Path(folder)
         processes = start_workers(settings, workers, args.ms_per_row, logs)
         try:
-            await joined(logs, mode, workers)
+            await joined(logs, mode, processes)
             await produce_stream(bootstrap, topic, records)
             count = await wait_for_results(bootstrap, results, records)
         finally:

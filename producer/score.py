@@ -304,7 +304,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     add = parser.add_argument
-    add("input", type=Path, help="the rows to score (.csv, .jsonl of lists, .npy)")
+    add("input", type=Path, help="the rows to score (.csv, .jsonl of lists, .npy; .parquet with streamscore[parquet])")
     add("--out", required=True, type=Path, help="scored.csv or scored.jsonl (format from the extension)")
     add("--model", help="the model to score with (header streamscore-model; default: the worker's)")
     add("--model-version", help="pin a model version")

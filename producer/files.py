@@ -4,7 +4,7 @@ Formats (chosen by extension, or named explicitly):
 
     csv    one row per line, numbers only; a first line with no number in it is a header
     jsonl  each line a JSON list of numbers (one row) or a JSON object (a ready V2 request)
-    npy    a 2-D numpy array, memory-mapped (allow_pickle=False)
+    npy    a 2-D numpy array, read a chunk at a time (allow_pickle=False)
     parquet  numeric columns (integers, floats, booleans), read in batches of rows with pyarrow
            (`pip install 'streamscore[parquet]'`); a null is refused like a NaN
 
@@ -19,7 +19,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 import orjson
@@ -208,15 +208,43 @@ def _jsonl_chunk(path: Path, rows: list[list[float]], numbers: list[int], width:
 
 
 def read_npy(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Rows]:
-    """Rows of a 2-D `.npy` array, memory-mapped and copied out one chunk at a time."""
+    """Rows of a 2-D `.npy` array, read one chunk at a time from the file (not memory-mapped, so that
+    the pages read do not stay in the process's resident memory)."""
+    with path.open("rb") as handle:
+        shape, fortran_order, dtype = _npy_header(path, handle)
+        if len(shape) != 2:
+            raise ConfigError(f"{path}: holds an array of shape {shape}; a 2-D array (rows, features) is needed")
+        if dtype.kind not in "biuf":
+            raise ConfigError(f"{path}: holds {dtype} values; numbers are needed")
+        if fortran_order:  # column-major: a chunk of rows is not contiguous in the file
+            yield from _npy_chunks_mapped(path, chunk_rows)
+            return
+        rows, width = shape
+        for start in range(0, rows, chunk_rows):
+            count = min(chunk_rows, rows - start)
+            flat = np.fromfile(handle, dtype=dtype, count=count * width)
+            if flat.size != count * width:
+                raise ConfigError(f"{path}: ends after {start + flat.size // max(width, 1)} of its {rows} rows")
+            chunk = flat.reshape(count, width).astype(np.float64, copy=False)
+            _check_finite(path, chunk, range(start, start + count), "row")
+            yield chunk
+
+
+def _npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The shape, order and dtype of a `.npy` file (the handle is left at the first value)."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        major, _ = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read(handle)
     except (ValueError, OSError) as error:
         raise ConfigError(f"{path}: not a readable .npy array ({error})") from None
-    if array.ndim != 2:
-        raise ConfigError(f"{path}: holds an array of shape {array.shape}; a 2-D array (rows, features) is needed")
-    if array.dtype.kind not in "biuf":
-        raise ConfigError(f"{path}: holds {array.dtype} values; numbers are needed")
+    if dtype.hasobject:
+        raise ConfigError(f"{path}: not a readable .npy array (it holds Python objects, which need pickle)")
+    return shape, fortran_order, dtype
+
+
+def _npy_chunks_mapped(path: Path, chunk_rows: int) -> Iterator[Rows]:
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
     for start in range(0, array.shape[0], chunk_rows):
         chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float64)
         _check_finite(path, chunk, range(start, start + len(chunk)), "row")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import mmap
 import os
 from collections.abc import Sequence
 from contextlib import suppress
@@ -128,10 +127,9 @@ class Spool:
         self._file.flush()
         if not self.size:
             return
-        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            for number in ledger.numbers(kind):
-                start = int(ledger.offset[number])
-                target.write(view[start : start + int(ledger.length[number])])
+        descriptor = self._file.fileno()  # read, not mapped: the spool's pages stay out of the resident memory
+        for number in ledger.numbers(kind):
+            target.write(os.pread(descriptor, int(ledger.length[number]), int(ledger.offset[number])))
 
     def close(self) -> None:
         self._file.close()

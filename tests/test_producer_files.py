@@ -185,6 +185,22 @@ def test_npy_must_be_two_dimensional(tmp_path: Path) -> None:
         list(read_chunks(tmp_path / "f.npy"))
 
 
+def test_a_truncated_npy_is_refused_with_the_rows_it_has(tmp_path: Path) -> None:
+    """A file cut short (a copy interrupted) is an error naming how many rows it holds, not a short job."""
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(40, dtype=np.float32).reshape(10, 4))
+    path.write_bytes(path.read_bytes()[: -4 * 4 * 3])  # the last three rows gone
+    with pytest.raises(ConfigError, match="ends after 7 of its 10 rows"):
+        list(read_chunks(path, chunk_rows=4))
+
+
+def test_a_column_major_npy_gives_the_same_rows(tmp_path: Path) -> None:
+    """A Fortran-ordered array is read as the same rows as its C-ordered copy."""
+    array = np.arange(24, dtype=np.float64).reshape(6, 4)
+    np.save(tmp_path / "f.npy", np.asfortranarray(array))
+    assert array.tolist() == np.concatenate(arrays_of(read_chunks(tmp_path / "f.npy", chunk_rows=4))).tolist()
+
+
 def test_npy_object_arrays_are_refused(tmp_path: Path) -> None:
     """Pickled (object) arrays are not loaded: allow_pickle is off."""
     np.save(tmp_path / "f.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)

@@ -24,7 +24,9 @@ from worker.settings import Settings
 log = structlog.get_logger("streamscore.worker")
 
 PRODUCER_MAX_BATCH_BYTES = 262_144
-PRODUCER_LINGER_MS = 5
+# python -m bench.tuning: as fast as 2-20 ms (the client batches what comes while a send is in flight),
+# and the lowest latency (bench/README.md, "The producer's linger")
+PRODUCER_LINGER_MS = 0
 FETCH_MAX_BYTES = 52_428_800  # aiokafka's (and Kafka's) default
 
 

@@ -67,7 +67,8 @@ class Serving:
             if version is None:
                 await self.load_default(name)
                 return None
-            model = await self.load(name, self.store.check_exists(name, version))
+            # off the event loop: in an object store, finding the versions is a request (a LIST)
+            model = await self.load(name, await asyncio.to_thread(self.store.check_exists, name, version))
         except ModelNotFoundError as error:
             return error
         except ModelLoadError as error:

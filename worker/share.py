@@ -222,7 +222,10 @@ class ShareSource:
                 self._consumer.acknowledge_offset(record.topic, record.partition, record.offset, kind)
             except Exception as error:  # no longer acquired (its lock expired): the broker redelivers it
                 failed.append(f"{record.topic}[{record.partition}]@{record.offset}: {error}")
-        results = self._consumer.commit_sync(ADMIN_TIMEOUT_S)
+        try:
+            results = self._consumer.commit_sync(ADMIN_TIMEOUT_S)
+        except self._kafka.KafkaException as error:  # the broker away: the client sends them with the next poll
+            return [*failed, f"commit: {error}"]
         return failed + [f"{tp.topic}[{tp.partition}]: {error}" for tp, error in results.items() if error is not None]
 
     async def rules(self) -> GroupRules:

@@ -55,7 +55,10 @@ class Acknowledger:
                 "share_acknowledge_failed",
                 failures=failed[:10],
                 count=len(failed),
-                hint="their locks expired or the broker refused: these records are delivered again (duplicates)",
+                hint=(
+                    "their locks expired, the broker refused, or it is away (the client sends them again with "
+                    "the next poll): records whose acknowledgement is lost are delivered again (duplicates)"
+                ),
             )
 
 

@@ -220,6 +220,7 @@ def read_npy(path: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Ro
             yield from _npy_chunks_mapped(path, chunk_rows)
             return
         rows, width = shape
+        _check_npy_size(path, handle, rows * width * dtype.itemsize, rows)
         for start in range(0, rows, chunk_rows):
             count = min(chunk_rows, rows - start)
             flat = np.fromfile(handle, dtype=dtype, count=count * width)
@@ -243,8 +244,19 @@ def _npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], bool, np
     return shape, fortran_order, dtype
 
 
+def _check_npy_size(path: Path, handle: BinaryIO, data_bytes: int, rows: int) -> None:
+    """Refuse a file cut short before any of its rows is read (a copy interrupted)."""
+    held = path.stat().st_size - handle.tell()
+    if held < data_bytes:
+        whole = held * rows // data_bytes if data_bytes else 0
+        raise ConfigError(f"{path}: ends after {whole} of its {rows} rows ({held} of {data_bytes} bytes of data)")
+
+
 def _npy_chunks_mapped(path: Path, chunk_rows: int) -> Iterator[Rows]:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"{path}: not a readable .npy array ({error})") from None
     for start in range(0, array.shape[0], chunk_rows):
         chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float64)
         _check_finite(path, chunk, range(start, start + len(chunk)), "row")

@@ -12,9 +12,16 @@ import pytest
 from demo.models import install_model, make_mlp
 from schemas import headers as h
 from schemas.codec import encode_request
-from schemas.errors import ConfigError, DeliveryLimitError, InferenceTimeout, ModelUnavailableError, ValidationError
+from schemas.errors import (
+    ConfigError,
+    DeliveryLimitError,
+    InferenceTimeout,
+    ModelUnavailableError,
+    NotAuthorizedError,
+    ValidationError,
+)
 from schemas.records import InputRecord
-from tests.fakes import FakeClients, FakeCluster, FakeShareGroup
+from tests.fakes import FakeClients, FakeCluster, FakeShareGroup, FakeShareSource
 from transport.connection import Connection
 from worker.outcomes import DeadLetter
 from worker.settings import Settings
@@ -284,3 +291,45 @@ async def test_records_not_settled_within_half_the_lock_are_released_then_scored
     counts = sorted((r.key.decode(), dict(r.headers)[h.DELIVERY_COUNT]) for r in cluster.records(OUT) if r.key)
     assert sorted((i, n) for i in ids for n in (b"1", b"2")) == counts
     assert [] == group.archived
+
+
+async def test_a_refused_poll_stops_the_worker_with_exit_2(model_root: Path, cluster: FakeCluster) -> None:
+    """A poll the broker refuses for want of an ACL stops the worker (exit 2, as the group worker),
+    rather than polling and logging forever while it reports ready."""
+    group = FakeShareGroup(cluster, IN)
+
+    def refusing(settings: Settings) -> FakeShareSource:
+        source = group.source(settings)
+
+        async def poll(timeout_s: float) -> list[InputRecord]:
+            raise NotAuthorizedError("the broker refused this worker's share consumer: grant READ on group 'g'")
+
+        source.poll = poll  # type: ignore[method-assign]
+        return source
+
+    worker = ShareWorker(share_settings(model_root), clients=FakeClients(cluster), share_source=refusing)
+    assert 2 == await asyncio.wait_for(worker.run(), 30)
+
+
+async def test_no_poll_while_the_records_in_flight_are_at_the_limit(model_root: Path, cluster: FakeCluster) -> None:
+    """Records still being scored after their release hold their room: the worker does not poll again
+    while in flight is at the limit (here the broker holds every acknowledgement, and the limit is 10)."""
+    send(cluster, 30)
+    clients, clock = FakeClients(cluster), ManualClock()
+    clients.hold_acks = True
+    group = FakeShareGroup(cluster, IN, rules=GroupRules(lock_ms=10_000), max_records=10)
+    settings = share_settings(model_root, max_batch_rows=10, max_in_flight=10)
+    worker = ShareWorker(settings, clients=clients, share_source=group.source, clock=clock)
+    running = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: clients.made_producer is not None and len(clients.made_producer._held or []) == 10)
+        clock.now += 10.0 * LOCK_SHARE  # the 10 are released, but their outcomes are still on their way
+        await until(lambda: len(group.acknowledged) == 10)
+        await asyncio.sleep(0.3)
+        assert 10 == worker.in_flight
+        assert {} == group.acquired  # no poll since the release: a poll would have acquired 10 again
+    finally:
+        assert clients.made_producer is not None
+        clients.made_producer.release()
+        worker.request_stop()
+        await asyncio.wait_for(running, 30)

@@ -115,6 +115,10 @@ class MetricsObserver(Observer):
         self.metrics.batch_rows.labels(model.name, model.version).observe(batch.rows)
         self.metrics.inference.labels(model.name, model.version).observe(self.clock() - self._started_at)
 
+    def released(self, record: Record) -> None:
+        super().released(record)
+        self._fetched_at.pop(_key(record), None)
+
     def finished(self, outcome: Outcome) -> None:
         super().finished(outcome)
         if outcome.shadow:

@@ -46,6 +46,10 @@ class Observer:
         else:
             self.counts["dead_letters"] += 1
 
+    def released(self, record: Record) -> None:
+        """A share group's record was released, its failure may pass: it has no outcome here."""
+        self.counts["released"] = self.counts.get("released", 0) + 1
+
     def assigned(self, partitions: set[TopicPartition]) -> None:
         """A rebalance finished; these partitions are this process's now."""
 

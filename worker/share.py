@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, FatalError, NotAuthorizedError
 from schemas.records import InputRecord, Record
 from transport.connection import Connection
 
@@ -54,6 +54,11 @@ class GroupRules:
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT  # share.delivery.count.limit: deliveries before the broker drops it
     offset_reset: str = "latest"  # share.auto.offset.reset: where a new group starts
 
+
+# What the worker assumes when it cannot read its group's settings: the least the broker allows by default
+# (group.share.min.record.lock.duration.ms, and a delivery limit of 2), so that no record is released at its
+# last delivery and archived unseen, and none is held past its lock.
+SAFE_RULES = GroupRules(lock_ms=15_000, delivery_limit=2)
 
 Key = tuple[str, int, int]  # topic, partition, offset
 
@@ -203,10 +208,27 @@ class ShareSource:
         records: list[Record] = []
         for message in messages:
             if message.error() is not None:
+                self._check(message.error())
                 log.warning("share_poll_error", error=str(message.error()))
                 continue
             records.append(_record_of(message))
         return records
+
+    def _check(self, error: Any) -> None:
+        """Raise what must stop the worker: a refused ACL (NotAuthorizedError, naming it), a fatal error."""
+        codes = self._kafka.KafkaError
+        group, topics = self.options["group.id"], ", ".join(repr(t) for t in self.topics)
+        grants = {
+            codes.GROUP_AUTHORIZATION_FAILED: f"the READ ACL on group {group!r}",
+            codes.TOPIC_AUTHORIZATION_FAILED: f"the READ (and DESCRIBE) ACL on topic {topics}",
+        }
+        grant = grants.get(error.code())
+        if grant is not None:
+            raise NotAuthorizedError(
+                f"the broker refused this worker's share consumer ({error}): grant its principal {grant}"
+            )
+        if error.fatal():
+            raise FatalError(f"the share consumer failed for good: {error}; the process stops and is started again")
 
     async def acknowledge(self, settled: Sequence[tuple[Record, Ack]]) -> list[str]:
         """Send how each record is settled and commit it; the partitions whose commit failed."""
@@ -265,9 +287,16 @@ class ShareSource:
             admin = self._admin()
             futures = admin.describe_configs([self._group()])
             configs = next(iter(futures.values())).result(timeout=ADMIN_TIMEOUT_S)
-        except Exception as error:
-            log.warning("share_group_rules_unread", group=self.options["group.id"], error=str(error))
-            return GroupRules()
+        except Exception as error:  # no DESCRIBE_CONFIGS on the group: assume the strictest the broker allows
+            log.warning(
+                "share_group_rules_unread",
+                group=self.options["group.id"],
+                error=str(error),
+                assumed_lock_ms=SAFE_RULES.lock_ms,
+                assumed_delivery_limit=SAFE_RULES.delivery_limit,
+                hint="grant DESCRIBE_CONFIGS on the group: a record then gets every delivery the group allows",
+            )
+            return SAFE_RULES
         value = {name: entry.value for name, entry in configs.items()}
         return GroupRules(
             lock_ms=int(value.get("share.record.lock.duration.ms", DEFAULT_LOCK_MS)),

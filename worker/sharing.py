@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from aiokafka import TopicPartition
 
-from schemas.errors import DeliveryLimitError
+from schemas.errors import DeliveryLimitError, FatalError
 from schemas.records import Record, delivery_count_of
 from worker.admit import Fate
 from worker.clients import FETCH_MAX_BYTES
@@ -102,6 +102,7 @@ class ShareWorker(Worker):
         self.source: SharedConsumer | None = None
         self._make_source = share_source
         self._told_oversized = False
+        self._released_at = float("-inf")  # burst mode: a release is activity (the record comes again)
 
     async def _join(self) -> None:
         s = self.settings
@@ -131,8 +132,15 @@ class ShareWorker(Worker):
                 continue
             assert self.committer is not None and self.source is not None
             await self.committer.commit()
+            if self._full():  # released records still being scored hold their room until their outcome
+                await self.flow.wait_for_room()
+                continue
             self._polled_at = self.clock()
-            records = await self.source.poll(POLL_TIMEOUT_S)
+            try:
+                records = await self.source.poll(POLL_TIMEOUT_S)
+            except FatalError as error:  # an ACL missing, or the client's fatal error: stop
+                self._fail(error)
+                return
             self.deliveries.take(records, self.clock(), self.rules.lock_ms)
             if len(records) > s.share_max_records:
                 self._oversized(len(records))
@@ -141,7 +149,7 @@ class ShareWorker(Worker):
             if records:
                 idle_since = self.clock()
                 self.scoring.wake.set()
-            elif self.settings.burst and self._idle(idle_since):
+            elif self.settings.burst and self._idle(max(idle_since, self._released_at)):
                 log.info("worker_drained", **self.observer.summary())
                 return
 
@@ -174,6 +182,19 @@ class ShareWorker(Worker):
                     "settled within half the lock is released"
                 ),
             )
+
+    def _full(self) -> bool:
+        """Whether the records in flight (bytes too) are at the limits: no poll until there is room."""
+        blocked = self.sender is not None and self.sender.troubled > 0
+        self.flow.paused = self.flow.decide(blocked=blocked) in ("pause", "hold")
+        return self.flow.paused
+
+    @property
+    def since_poll(self) -> float:
+        """Waiting for the last poll's records to settle (within half the lock) is not a stall."""
+        if not self.deliveries.complete and self.clock() < self.deliveries.deadline:
+            return 0.0
+        return super().since_poll
 
     def _idle(self, since: float) -> bool:
         return self.in_flight == 0 and self.scoring.idle and self.clock() - since >= BURST_IDLE_S
@@ -218,6 +239,8 @@ class ShareWorker(Worker):
     def _release(self, letter: DeadLetter) -> None:
         """The record goes back to the group, to be scored again on its next delivery."""
         record = letter.record
+        self.observer.released(record)
+        self._released_at = self.clock()
         if self.deliveries.settle(record, Ack.RELEASE):
             log.info(
                 "share_record_released",

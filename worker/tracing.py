@@ -176,6 +176,13 @@ class TracingObserver(Observer):
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{stage_of(error)}: {error}"))
         span.end()
 
+    def released(self, record: Record) -> None:
+        self.inner.released(record)
+        span = self._spans.pop(_key(record), None)
+        if span is not None:  # delivered again, maybe to another worker: this span ends here
+            span.set_attribute("streamscore.outcome", "released")
+            span.end()
+
     def assigned(self, partitions: set[TopicPartition]) -> None:
         self.inner.assigned(partitions)
 

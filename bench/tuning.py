@@ -1,6 +1,6 @@
 """The worker's producer linger, chosen by measurement: throughput and latency for each value.
 
-    python -m bench.tuning [--records 50000] [--rounds 3] [--rate 2000] [--seconds 5] [--lingers 0,2,5,10,20]
+    python -m bench.tuning [--records 50000] [--rows 1] [--rounds 3] [--rate 2000] [--seconds 5] [--lingers 0,2,5,10,20]
 
 On its own broker, one topic of single-row requests is scored by the real worker (burst mode)
 once per linger per round (lingers interleaved within each round); then, per linger, requests
@@ -35,15 +35,15 @@ Runs = dict[int, list[tuple[float, float, float]]]  # linger -> (rows/s, p50 ms,
 async def measure(bootstrap: str, args: argparse.Namespace) -> Runs:
     topic = cluster.unique("tuning-in")
     await create_topics(bootstrap, [topic], PARTITIONS)
-    await cluster.produce(bootstrap, topic, cluster.make_requests(args.records, 1))
+    await cluster.produce(bootstrap, topic, cluster.make_requests(args.records, args.rows))
     found: Runs = {linger: [] for linger in args.lingers}
     with tempfile.TemporaryDirectory(prefix="streamscore-tuning-models-") as root:
         install_bench_model(Path(root))
         for round_number in range(args.rounds):
             for linger in args.lingers:
                 clients.PRODUCER_LINGER_MS = linger
-                worker, _ = await run_burst(await _settings(bootstrap, topic, Path(root)), 1)
-                latency = await _latency(bootstrap, Path(root), args.rate, args.seconds)
+                worker, _ = await run_burst(await _settings(bootstrap, topic, Path(root)), args.rows)
+                latency = await _latency(bootstrap, Path(root), args.rate, args.seconds, args.rows)
                 found[linger].append((worker.span.rows_per_s, latency.p50, latency.p99))
                 rows, p50, p99 = found[linger][-1]
                 shown = f"{rows:>9,.0f} rows/s  p50 {p50:.1f}  p99 {p99:.1f} ms"
@@ -57,14 +57,14 @@ async def _settings(bootstrap: str, topic: str, root: Path) -> Settings:
     return worker_settings(bootstrap, topic, out, cluster.unique("tuning"), root)
 
 
-async def _latency(bootstrap: str, root: Path, rate: float, seconds: float) -> Latency:
+async def _latency(bootstrap: str, root: Path, rate: float, seconds: float, rows: int) -> Latency:
     """A worker runs while requests trickle in at `rate`: the latency of each, send to acknowledgement."""
     topic = cluster.unique("tuning-trickle")
     await create_topics(bootstrap, [topic], PARTITIONS)
     log = LatencyLog()
-    worker = TimedWorker(await _settings(bootstrap, topic, root), 1, on_result=log.result)
+    worker = TimedWorker(await _settings(bootstrap, topic, root), rows, on_result=log.result)
     running = asyncio.create_task(worker.run())
-    requests = cluster.make_requests(max(1, int(rate * seconds)), 1, seed=2)
+    requests = cluster.make_requests(max(1, int(rate * seconds)), rows, seed=2)
     try:
         order = await trickle(bootstrap, topic, requests, rate, log, lambda: wait_assigned(worker))
     finally:
@@ -87,6 +87,7 @@ def table(found: Runs) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=2000.0, help="requests per second in the latency phase")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the latency phase")

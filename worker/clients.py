@@ -24,9 +24,9 @@ from worker.settings import Settings
 log = structlog.get_logger("streamscore.worker")
 
 PRODUCER_MAX_BATCH_BYTES = 262_144
-# python -m bench.tuning: as fast as 2-20 ms (the client batches what comes while a send is in flight),
-# and the lowest latency (bench/README.md, "The producer's linger")
-PRODUCER_LINGER_MS = 0
+# python -m bench.tuning (bench/README.md, "The producer's linger"): single-row requests go as fast at 0 ms
+# as at 2-20 ms, 32-row ones at 94 % of 5 ms's rows/s (0 ms: 71 %), and p50 is 2.6 ms below 5 ms's
+PRODUCER_LINGER_MS = 2
 FETCH_MAX_BYTES = 52_428_800  # aiokafka's (and Kafka's) default
 
 

@@ -12,11 +12,16 @@ concurrent appends are retried, never lost.
 Credentials and endpoint come from the standard AWS variables, read by obstore when the store is
 made: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or
 AWS_DEFAULT_REGION), AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), and the web-identity / container /
-instance-metadata credentials of EKS, ECS and EC2. obstore does not read `~/.aws` profile files.
+instance-metadata credentials of EKS, ECS and EC2. obstore does not read the shared credentials
+file, so when no AWS_ACCESS_KEY_ID is set, `profile_config` reads it here: the keys of the profile
+AWS_PROFILE names (default `default`) from AWS_SHARED_CREDENTIALS_FILE (default
+`~/.aws/credentials`), and that profile's region from AWS_CONFIG_FILE (`~/.aws/config`).
 """
 
 from __future__ import annotations
 
+import configparser
+import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -37,6 +42,37 @@ CREDENTIALS_HINT = (
     "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_ENDPOINT_URL_S3 or "
     "AWS_ENDPOINT_URL, AWS_REGION, and that these credentials may read and write the bucket"
 )
+
+
+def profile_config(environ: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Credentials (and region) from the shared AWS files, when the environment gives no key: the
+    profile AWS_PROFILE names (default `default`). Empty when there is a key, or no such profile."""
+    if environ.get("AWS_ACCESS_KEY_ID"):
+        return {}
+    profile = environ.get("AWS_PROFILE") or "default"
+    credentials = _section(Path(environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials"), profile)
+    if not credentials.get("aws_access_key_id") or not credentials.get("aws_secret_access_key"):
+        return {}
+    found = {
+        "access_key_id": credentials["aws_access_key_id"],
+        "secret_access_key": credentials["aws_secret_access_key"],
+    }
+    if credentials.get("aws_session_token"):
+        found["token"] = credentials["aws_session_token"]
+    config_file = Path(environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    region = _section(config_file, profile if profile == "default" else f"profile {profile}").get("region")
+    if region and not (environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")):
+        found["region"] = region
+    return found
+
+
+def _section(path: Path, name: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except (OSError, configparser.Error):
+        return {}
+    return dict(parser[name]) if parser.has_section(name) else {}
 
 
 def is_object_store(root: str) -> bool:
@@ -98,7 +134,7 @@ class S3Storage:
             prefix=prefix or None,
             client_options={"allow_http": True},  # an http:// endpoint is the operator's explicit choice
             retry_config=RETRY,  # type: ignore[arg-type]
-            **config,
+            **{**profile_config(os.environ, Path.home()), **config},  # the AWS variables, as obstore reads them
         )
 
     def __str__(self) -> str:

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from artifacts.cache import DigestCache
 from artifacts.integrity import ArtifactError, sha256_of
 from artifacts.manifest import Manifest
-from artifacts.objectstore import S3Storage, object_path, s3_code, split_url
+from artifacts.objectstore import S3Storage, object_path, profile_config, s3_code, split_url
 from artifacts.registry import Registry
 from artifacts.storage import LocalStorage, StorageError
 from demo.models import make_mlp
@@ -266,3 +266,36 @@ def test_a_worker_caches_a_version_by_digest_and_checks_the_cache(s3_root: str, 
 def test_the_store_describes_itself_by_its_url(s3_root: str) -> None:
     """Messages name the registry as s3://bucket/prefix."""
     assert s3_root == str(S3Storage(s3_root))
+
+
+def test_credentials_come_from_the_shared_file_when_no_key_is_set(tmp_path: Path) -> None:
+    """Without AWS_ACCESS_KEY_ID, the profile AWS_PROFILE names is read from the credentials file, its
+    region from the config file; a key in the environment wins and the files are not read."""
+    (tmp_path / "credentials").write_text(
+        "[default]\naws_access_key_id = D\naws_secret_access_key = d\n"
+        "[ml]\naws_access_key_id = K\naws_secret_access_key = s\naws_session_token = t\n"
+    )
+    (tmp_path / "config").write_text("[profile ml]\nregion = eu-west-1\n")
+    files = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"), "AWS_CONFIG_FILE": str(tmp_path / "config")}
+
+    expected = {"access_key_id": "K", "secret_access_key": "s", "token": "t", "region": "eu-west-1"}
+    assert expected == profile_config({**files, "AWS_PROFILE": "ml"}, tmp_path)
+    assert {"access_key_id": "D", "secret_access_key": "d"} == profile_config(files, tmp_path)
+    assert {} == profile_config({**files, "AWS_ACCESS_KEY_ID": "E"}, tmp_path)
+    assert {} == profile_config({**files, "AWS_PROFILE": "missing"}, tmp_path)
+
+
+def test_a_registry_reads_its_key_from_the_shared_credentials_file(
+    s3_root: str, s3_server: S3Server, tmp_path: Path, no_broker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the key only in a credentials file (no AWS_ACCESS_KEY_ID), push and list work against the server."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {s3_server.access_key_id}\n"
+        f"aws_secret_access_key = {s3_server.secret_access_key}\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    assert 0 == cli(s3_root, "push", str(make_mlp(tmp_path / "a.onnx")), "--name", "mlp")
+    assert ["1"] == Registry.at(s3_root).versions("mlp")

@@ -13,11 +13,15 @@ import asyncio
 import os
 import signal
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from demo.models import install_model, make_slow_model
 from schemas import headers as h
+from schemas.codec import encode_request
 from tests.chaos.scenario import AT_LEAST_ONCE, Chaos
 from tests.chaos.workers import Workers, worker_pid
 from tests.harness import read_topic
@@ -28,11 +32,13 @@ FLOW_TIMEOUT_S = 180.0
 SHORT_LOCK_MS = 3000  # the group's acquisition lock in the kill scenario (the local broker allows 1 s and up)
 MAX_RECORDS = 16
 SHARE_STATE_TOPIC = "__share_group_state"
-HELD_BY_THREE = 3 * 2 * MAX_RECORDS
+HELD_BY_ONE = 4 * MAX_RECORDS  # one poll: MAX_RECORDS, and the whole producer batches the client acquires beyond it
+HELD_BY_THREE = 3 * HELD_BY_ONE
+SLOW_TURNS = 2500  # the slow model's turns for about 10 ms a record (4 us a turn on the 2-core CI machine)
 
 
-async def share_world(chaos: Any, scenario: str) -> Chaos:
-    c: Chaos = await chaos(scenario, AT_LEAST_ONCE, partitions=2)
+async def share_world(chaos: Any, scenario: str, model_root: Path | None = None) -> Chaos:
+    c: Chaos = await chaos(scenario, AT_LEAST_ONCE, partitions=2, model_root=model_root)
     await c.watch()
     return c
 
@@ -88,30 +94,47 @@ async def test_six_share_workers_on_two_partitions_all_score(chaos: Any) -> None
     assert set(stream.poison) == {i for i in counts if i.startswith("bad-")}
 
 
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder with the slow model (x FP32 [N, 1] -> y = x, a run spins max(x) times) as `slow` 1."""
+    root = tmp_path_factory.mktemp("slow-models")
+    install_model(root, "slow", "1", make_slow_model)
+    return root
+
+
+def spin(turns: float) -> Any:
+    """A value builder: a one-row request for the slow model that spins `turns` times."""
+    return lambda _index, request_id: encode_request({"x": np.array([[turns]], dtype=np.float32)}, id=request_id)
+
+
 @pytest.mark.chaos_fast
 @pytest.mark.timeout(600)
-async def test_sigkill_a_share_worker_mid_stream(chaos: Any) -> None:
+async def test_sigkill_a_share_worker_mid_stream(chaos: Any, slow_root: Path) -> None:
     """Step by step:
-    1. The group's acquisition lock is set to 3 s; one supervisor runs three share workers on 2 partitions.
-    2. Half-way through the stream one worker process gets SIGKILL (the supervisor starts another).
+    1. The group's acquisition lock is set to 3 s; one supervisor runs three share workers on 2 partitions,
+       with a model of about 10 ms a record fed faster than the three can score (so that each of them
+       holds records acquired and not yet settled at any moment).
+    2. Once 30 % of the stream has its outputs (the share group hands out partitions a few seconds
+       after members join), one worker process gets SIGKILL (the supervisor starts another).
     3. The stream finishes; the workers score it to the end and stop on SIGTERM.
     Nothing is missing or invented; the records the killed process held come again once its lock
     expires (delivery count 2 or more); every duplicate is one of them, and there are at most as many as
-    it can hold (its last poll, MAX_RECORDS, plus the producer batch the broker adds to it).
+    it can hold (its last poll: MAX_RECORDS, plus the producer batches the client acquires beyond it).
     """
-    c = await share_world(chaos, "share: sigkill 1 of 3")
+    c = await share_world(chaos, "share: sigkill 1 of 3", model_root=slow_root)
     await set_share_group(c.bootstrap, c.group, {"share.record.lock.duration.ms": str(SHORT_LOCK_MS)})
-    count_, rate = c.tier.pick((3000, 300), (20_000, 800))
-    workers = c.start_workers(processes=3, consumption="share", share_max_records=MAX_RECORDS)
+    count_, rate = c.tier.pick((3000, 1000), (10_000, 1000))
+    workers = c.start_workers(processes=3, consumption="share", share_max_records=MAX_RECORDS, model_name="slow")
     pids = await workers.ready(3)
-    stream = c.stream(count_, rate)
+    stream = c.stream(count_, rate, value_of=spin(SLOW_TURNS))
     stream.start()
 
-    await stream.reached(0.5)
+    assert c.outputs is not None
+    await c.outputs.wait_for_count(count_ * 3 // 10, FLOW_TIMEOUT_S)  # assigned (a few seconds) and busy
     os.kill(pids[0], signal.SIGKILL)
     unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
     codes = await c.stop_workers()
-    row = await c.account(bound=2 * MAX_RECORDS)
+    row = await c.account(bound=HELD_BY_ONE)
 
     counts = await delivery_counts(c)
     redelivered = {i for i, outputs in counts.items() if max(outputs) > 1}
@@ -122,7 +145,7 @@ async def test_sigkill_a_share_worker_mid_stream(chaos: Any) -> None:
     assert {workers.name: 0} == codes
     assert redelivered, "the killed process held no record: nothing was delivered again"
     assert duplicated <= redelivered
-    assert len(duplicated) <= 2 * MAX_RECORDS
+    assert len(duplicated) <= HELD_BY_ONE
 
 
 async def set_share_group(bootstrap: str, group: str, configs: dict[str, str]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench import cluster
 from bench.config import install_bench_model
-from bench.latency import Latency, LatencyLog, trickle
+from bench.latency import Latency, LatencyLog, runs_table, trickle
 from bench.streamscore import TimedWorker, run_burst, wait_assigned, worker_settings
 from transport.admin import create_topics
 from worker.settings import GUARANTEES, Settings
@@ -102,17 +101,6 @@ async def _read_committed(bootstrap: str, topic: str, log: LatencyLog) -> None:
         await consumer.stop()
 
 
-def table(found: Runs) -> str:
-    lines = [f"{'guarantee':15} {'rows/s (median)':>16} {'runs':>24} {'p50 ms':>7} {'p99 ms':>7}"]
-    for guarantee, runs in found.items():
-        rates = [rate for rate, _, _ in runs]
-        shown = ", ".join(f"{rate / 1000:.1f}k" for rate in rates)
-        p50 = statistics.median(p for _, p, _ in runs)
-        p99 = statistics.median(p for _, _, p in runs)
-        lines.append(f"{guarantee:15} {statistics.median(rates):>16,.0f} {shown:>24} {p50:>7.1f} {p99:>7.1f}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.guarantee", description=__doc__)
     parser.add_argument("--records", type=int, default=50_000)
@@ -125,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("json", "warning")
     with cluster.running_broker_at() as (bootstrap, _):
         found = asyncio.run(measure(bootstrap, args.records, args.rounds, args.rate, args.seconds))
-    print(table(found))
+    print(runs_table("guarantee", found))
     return 0
 
 

@@ -8,9 +8,11 @@ the broker acknowledged its result, both on this process's `perf_counter` clock.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -77,3 +79,16 @@ async def trickle(
         while len(log.done) < len(requests):
             await asyncio.sleep(0.05)
     return order
+
+
+def runs_table(label: str, found: Mapping[Any, Sequence[tuple[float, float, float]]]) -> str:
+    """One line per contender: median rows/s, every run's, and median p50 and p99 (each run is
+    (rows/s, p50 ms, p99 ms)); `label` heads the first column."""
+    lines = [f"{label:>15} {'rows/s (median)':>16} {'runs':>24} {'p50 ms':>7} {'p99 ms':>7}"]
+    for name, runs in found.items():
+        rates = [rate for rate, _, _ in runs]
+        shown = ", ".join(f"{rate / 1000:.1f}k" for rate in rates)
+        p50 = statistics.median(p for _, p, _ in runs)
+        p99 = statistics.median(p for _, _, p in runs)
+        lines.append(f"{name!s:>15} {statistics.median(rates):>16,.0f} {shown:>24} {p50:>7.1f} {p99:>7.1f}")
+    return "\n".join(lines)

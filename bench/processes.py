@@ -57,7 +57,7 @@ async def run_processes(
         raise RuntimeError(f"streamscore worker --processes {processes} exited with {process.returncode}")
     wall = time.perf_counter() - started
     broker_share = (cluster.cpu_seconds(cluster.broker_pid) - broker_before) / (wall * (os.cpu_count() or 1))
-    count, first_ms, last_ms = await _result_times(bootstrap, results_topic)
+    count, first_ms, last_ms = await result_times(bootstrap, results_topic)
     span_s = max(1e-3, (last_ms - first_ms) / 1000)
     return ProcessRun(processes, count * rows / span_s, count, peaks, round(broker_share, 3))
 
@@ -68,7 +68,7 @@ def _watch_memory(process: subprocess.Popen[bytes]) -> list[float]:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while process.poll() is None:
         for pid in _children(process.pid):
-            peaks[pid] = max(peaks.get(pid, 0.0), _vm_hwm_mb(pid))
+            peaks[pid] = max(peaks.get(pid, 0.0), vm_hwm_mb(pid))
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("the worker run took longer than the bench allows")
@@ -90,7 +90,7 @@ def _children(parent: int) -> list[int]:
     return found or [parent]
 
 
-def _vm_hwm_mb(pid: int) -> float:
+def vm_hwm_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -100,7 +100,7 @@ def _vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-async def _result_times(bootstrap: str, topic: str) -> tuple[int, int, int]:
+async def result_times(bootstrap: str, topic: str) -> tuple[int, int, int]:
     """How many results `topic` holds, and the first and last of their timestamps (ms)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()

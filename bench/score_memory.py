@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import cluster
 from bench.config import install_bench_model
-from bench.processes import _vm_hwm_mb
+from bench.processes import vm_hwm_mb
 from transport.admin import create_topics
 from worker.settings import setting_name
 
@@ -84,7 +84,7 @@ def watch(processes: dict[str, subprocess.Popen[bytes]], until: str) -> dict[str
     deadline = time.monotonic() + TIMEOUT_S
     while processes[until].poll() is None:
         for name, process in processes.items():
-            peaks[name] = max(peaks[name], _vm_hwm_mb(process.pid))
+            peaks[name] = max(peaks[name], vm_hwm_mb(process.pid))
             peaks[f"{name} anon"] = max(peaks[f"{name} anon"], rss_anon_mb(process.pid))
         if time.monotonic() > deadline:
             raise RuntimeError("the score job took longer than the bench allows")

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench import cluster
 from bench.config import install_bench_model
-from bench.processes import _result_times
+from bench.processes import result_times
 from transport.admin import create_topics
 from worker.settings import setting_name
 
@@ -134,7 +134,7 @@ async def one_run(bootstrap: str, root: Path, mode: str, workers: int, args: arg
                 process.send_signal(signal.SIGTERM)
             for process in processes:
                 await asyncio.to_thread(process.wait, 60)
-    count, first_ms, last_ms = await _result_times(bootstrap, results)
+    count, first_ms, last_ms = await result_times(bootstrap, results)
     return count / max(1e-3, (last_ms - first_ms) / 1000), count
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from bench import cluster
 from bench.config import install_bench_model
-from bench.latency import Latency, LatencyLog, trickle
+from bench.latency import Latency, LatencyLog, runs_table, trickle
 from bench.streamscore import TimedWorker, run_burst, wait_assigned, worker_settings
 from transport.admin import create_topics
 from worker import clients
@@ -73,17 +72,6 @@ async def _latency(bootstrap: str, root: Path, rate: float, seconds: float, rows
     return log.summary(order)
 
 
-def table(found: Runs) -> str:
-    lines = [f"{'linger ms':>9} {'rows/s (median)':>16} {'runs':>24} {'p50 ms':>7} {'p99 ms':>7}"]
-    for linger, runs in found.items():
-        rates = [rate for rate, _, _ in runs]
-        shown = ", ".join(f"{rate / 1000:.1f}k" for rate in rates)
-        p50 = statistics.median(p for _, p, _ in runs)
-        p99 = statistics.median(p for _, _, p in runs)
-        lines.append(f"{linger:>9} {statistics.median(rates):>16,.0f} {shown:>24} {p50:>7.1f} {p99:>7.1f}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
@@ -98,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("json", "warning")
     with cluster.running_broker_at() as (bootstrap, _):
         found = asyncio.run(measure(bootstrap, args))
-    print(table(found))
+    print(runs_table("linger ms", found))
     return 0
 
 

@@ -132,7 +132,7 @@ class ShareWorker(Worker):
                 continue
             assert self.committer is not None and self.source is not None
             await self.committer.commit()
-            if self._full():  # released records still being scored hold their room until their outcome
+            if self._apply_backpressure():  # released records still being scored hold their room until their outcome
                 await self.flow.wait_for_room()
                 continue
             self._polled_at = self.clock()
@@ -182,12 +182,6 @@ class ShareWorker(Worker):
                     "settled within half the lock is released"
                 ),
             )
-
-    def _full(self) -> bool:
-        """Whether the records in flight (bytes too) are at the limits: no poll until there is room."""
-        blocked = self.sender is not None and self.sender.troubled > 0
-        self.flow.paused = self.flow.decide(blocked=blocked) in ("pause", "hold")
-        return self.flow.paused
 
     @property
     def since_poll(self) -> float:

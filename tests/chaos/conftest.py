@@ -24,7 +24,7 @@ import pytest
 from broker import cluster as local_cluster
 from broker.cluster import Cluster
 from broker.local import free_port
-from demo.models import install_model, make_mlp
+from demo.models import install_model, make_mlp, make_slow_model
 from tests.chaos.checker import Row, render_table
 from tests.chaos.nodes import Nodes
 from tests.chaos.scenario import PARTITIONS, Chaos, Tier, make_topics
@@ -105,6 +105,14 @@ def mlp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder with the demo MLP (x FP32 [N, 8] -> probabilities [N, 3]); workers only read it."""
     root = tmp_path_factory.mktemp("models")
     install_model(root, "mlp", "1", make_mlp)
+    return root
+
+
+@pytest.fixture(scope="session")
+def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder with the slow model (x FP32 [N, 1] -> y = x, a run spins max(x) times) as `slow` 1."""
+    root = tmp_path_factory.mktemp("slow-models")
+    install_model(root, "slow", "1", make_slow_model)
     return root
 
 

@@ -16,13 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from demo.models import install_model, make_slow_model
 from schemas import headers as h
-from schemas.codec import encode_request
 from tests.chaos.scenario import AT_LEAST_ONCE, Chaos
+from tests.chaos.traffic import spin
 from tests.chaos.workers import Workers, worker_pid
 from tests.harness import read_topic
 
@@ -92,19 +90,6 @@ async def test_six_share_workers_on_two_partitions_all_score(chaos: Any) -> None
     counts = await delivery_counts(c)
     assert {1} == {n for outputs in counts.values() for n in outputs}
     assert set(stream.poison) == {i for i in counts if i.startswith("bad-")}
-
-
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder with the slow model (x FP32 [N, 1] -> y = x, a run spins max(x) times) as `slow` 1."""
-    root = tmp_path_factory.mktemp("slow-models")
-    install_model(root, "slow", "1", make_slow_model)
-    return root
-
-
-def spin(turns: float) -> Any:
-    """A value builder: a one-row request for the slow model that spins `turns` times."""
-    return lambda _index, request_id: encode_request({"x": np.array([[turns]], dtype=np.float32)}, id=request_id)
 
 
 @pytest.mark.chaos_fast

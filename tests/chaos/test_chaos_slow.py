@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from demo.models import install_model, make_slow_model
-from schemas.codec import encode_request
 from tests.chaos.scenario import AT_LEAST_ONCE, assigned, guarantees
+from tests.chaos.traffic import spin
 from tests.chaos.workers import RssSampler, count
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -26,19 +24,6 @@ FLOW_TIMEOUT_S = 240.0
 MAX_POLL_INTERVAL_S = 300.0
 SPIN_S = 4e-6  # one turn of the slow model's loop, measured on the 2-core CI machine
 INFERENCE_TIMEOUT_S = 4.0
-
-
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder with the slow model as `slow` version 1."""
-    root = tmp_path_factory.mktemp("slow-models")
-    install_model(root, "slow", "1", make_slow_model)
-    return root
-
-
-def spin(turns: float) -> Any:
-    """A value builder: a one-row request for the slow model that spins `turns` times."""
-    return lambda _index, request_id: encode_request({"x": np.array([[turns]], dtype=np.float32)}, id=request_id)
 
 
 @pytest.mark.timeout(600)

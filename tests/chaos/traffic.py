@@ -292,3 +292,8 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in ends.items()}
+
+
+def spin(turns: float) -> Callable[[int, str], bytes]:
+    """A value builder: a one-row request for the slow model (demo.models.make_slow_model) spinning `turns` times."""
+    return lambda _index, request_id: encode_request({"x": np.array([[turns]], dtype=np.float32)}, id=request_id)

@@ -30,6 +30,7 @@ FLOW_TIMEOUT_S = 180.0
 SHORT_LOCK_MS = 3000  # the group's acquisition lock in the kill scenario (the local broker allows 1 s and up)
 MAX_RECORDS = 16
 SHARE_STATE_TOPIC = "__share_group_state"
+SMALL_BATCH_BYTES = 1024  # the kill scenario's producer batches: about 8 one-row requests each (the README's advice)
 HELD_BY_ONE = 4 * MAX_RECORDS  # one poll: MAX_RECORDS, and the whole producer batches the client acquires beyond it
 HELD_BY_THREE = 3 * HELD_BY_ONE
 SLOW_TURNS = 2500  # the slow model's turns for about 10 ms a record (4 us a turn on the 2-core CI machine)
@@ -97,10 +98,18 @@ async def test_six_share_workers_on_two_partitions_all_score(chaos: Any) -> None
 async def test_sigkill_a_share_worker_mid_stream(chaos: Any, slow_root: Path) -> None:
     """Step by step:
     1. The group's acquisition lock is set to 3 s; one supervisor runs three share workers on 2 partitions,
-       with a model of about 10 ms a record fed faster than the three can score (so that each of them
-       holds records acquired and not yet settled at any moment).
+       with a model of about 10 ms a run, one record a run (`max_batch_rows=1`: the slow model's run
+       costs the same for a batch of 16, and batched the three kept up with the stream and were often
+       idle), fed faster than the three can score, so that each holds records acquired and not yet
+       settled at any moment. The stream is produced in small batches, as the README advises for a slow
+       model: the client acquires whole producer batches, so a poll holds MAX_RECORDS and less than one
+       batch beyond (bigger batches made polls of 74 records here).
     2. Once 30 % of the stream has its outputs (the share group hands out partitions a few seconds
-       after members join), one worker process gets SIGKILL (the supervisor starts another).
+       after members join), one worker process gets SIGKILL as soon as it logs a poison record's dead
+       letter (the supervisor starts another). A poison record is dead-lettered as its poll is taken,
+       before the poll's good records are scored (10 ms each, one at a time), so the process holds
+       records when it dies: killed at a random moment it may be between two polls, holding none
+       (seen once in CI).
     3. The stream finishes; the workers score it to the end and stop on SIGTERM.
     Nothing is missing or invented; the records the killed process held come again once its lock
     expires (delivery count 2 or more); every duplicate is one of them, and there are at most as many as
@@ -109,13 +118,16 @@ async def test_sigkill_a_share_worker_mid_stream(chaos: Any, slow_root: Path) ->
     c = await share_world(chaos, "share: sigkill 1 of 3", model_root=slow_root)
     await set_share_group(c.bootstrap, c.group, {"share.record.lock.duration.ms": str(SHORT_LOCK_MS)})
     count_, rate = c.tier.pick((3000, 1000), (10_000, 1000))
-    workers = c.start_workers(processes=3, consumption="share", share_max_records=MAX_RECORDS, model_name="slow")
+    workers = c.start_workers(
+        processes=3, consumption="share", share_max_records=MAX_RECORDS, model_name="slow", max_batch_rows=1
+    )
     pids = await workers.ready(3)
-    stream = c.stream(count_, rate, value_of=spin(SLOW_TURNS))
+    stream = c.stream(count_, rate, value_of=spin(SLOW_TURNS), max_batch_bytes=SMALL_BATCH_BYTES)
     stream.start()
 
     assert c.outputs is not None
     await c.outputs.wait_for_count(count_ * 3 // 10, FLOW_TIMEOUT_S)  # assigned (a few seconds) and busy
+    await workers.next_event("record_dead_lettered", pids[0])  # mid-poll
     os.kill(pids[0], signal.SIGKILL)
     unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
     codes = await c.stop_workers()

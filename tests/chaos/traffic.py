@@ -59,6 +59,7 @@ class Stream:
     value_of: Callable[[int, str], bytes] | None = None  # a custom good value (slow records, ...)
     poison_at: frozenset[int] = frozenset()
     poison_value_of: Callable[[int, str], bytes] | None = None
+    max_batch_bytes: int = 16384  # the producer's batch size (aiokafka's default); small: few records a batch
     acked: set[str] = field(default_factory=set)
     _open: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -113,7 +114,13 @@ class Stream:
 
     async def run(self) -> None:
         """Produce every record at the rate (later if held or if the broker is slow), wait for every ack."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=self.max_batch_bytes,
+        )
         await producer.start()
         try:
             pending: list[asyncio.Future[Any]] = []

@@ -52,6 +52,16 @@ class Workers:
         """The JSON lines of the log (one `event` only, if `name`)."""
         return [e for e in json_lines(self.log) if name is None or e.get("event") == name]
 
+    async def next_event(self, name: str, pid: int, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait for the next `name` event that process `pid` logs (from now on; the log read every 5 ms)."""
+        seen = sum(1 for e in self.events(name) if worker_pid(e) == pid)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                mine = [e for e in self.events(name) if worker_pid(e) == pid]
+                if len(mine) > seen:
+                    return mine[seen]
+                await asyncio.sleep(0.005)
+
     async def ready(self, processes: int, timeout_s: float = 90.0) -> list[int]:
         """Wait until `processes` worker processes run and each has logged `worker_started`; their pids."""
         deadline = time.monotonic() + timeout_s

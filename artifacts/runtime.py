@@ -8,6 +8,8 @@ Outputs that are not tensors: a sequence of maps (what skl2onnx's ZipMap gives f
 classifier probabilities, `[{label: p, ...}, ...]`) becomes a `[rows, labels]` tensor whose
 columns follow the map's label order, with the labels in the output's
 `parameters.labels`; a sequence of equally shaped tensors is stacked along a new first axis.
+A ZipMap at the graph's end is not run at all: its input is that tensor already
+(`artifacts.zipmap`), read without a dict per row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import onnxruntime as ort
 from artifacts.manifest import MODEL_FILE
 from artifacts.storage import check_key
 from artifacts.watchdog import watched
+from artifacts.zipmap import unzipped
 from schemas.errors import ConfigError, InferenceError, InferenceTimeout, ModelLoadError
 from schemas.tensors import DATATYPES, Tensor
 
@@ -63,6 +66,7 @@ class OutputSpec:
     name: str
     kind: str  # "tensor", "seq_map", "seq_tensor"
     datatype: str
+    labels: tuple[Any, ...] | None = None  # a ZipMap's labels, served from its input tensor (`artifacts.zipmap`)
 
 
 class Session(Protocol):
@@ -131,6 +135,8 @@ def _fixed_batch(inputs: tuple[InputSpec, ...]) -> int | None:
 
 
 def _as_tensor(spec: OutputSpec, value: Any) -> Tensor:
+    if spec.labels is not None:
+        return Tensor(spec.name, "FP32", np.asarray(value), {"labels": list(spec.labels)})
     if spec.kind == "seq_map":
         labels = list(value[0].keys()) if value else []
         array = np.array([[row[label] for label in labels] for row in value], dtype=np.float32)
@@ -192,14 +198,15 @@ def load_model(
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # failures reach the dead letter; keep stderr for ours
+    graph, labels = unzipped(source)
     try:
         session = ort.InferenceSession(
-            str(source) if isinstance(source, Path) else source, options, providers=list(providers)
+            str(graph) if isinstance(graph, Path) else graph, options, providers=list(providers)
         )
     except Exception as error:
         raise ModelLoadError(f"onnxruntime cannot load model {name} version {version} ({where}): {error}") from error
     inputs = tuple(_input_spec(arg, name, version) for arg in session.get_inputs())
-    outputs = tuple(_output_spec(arg, name, version) for arg in session.get_outputs())
+    outputs = tuple(_output_spec(arg, name, version, labels.get(arg.name)) for arg in session.get_outputs())
     model = LoadedModel(name, version, digest, session, inputs, outputs)
     model.providers = tuple(session.get_providers())
     warm_up(model)
@@ -273,8 +280,10 @@ def _input_spec(arg: Any, model: str, version: str) -> InputSpec:
     return InputSpec(arg.name, datatype, shape)
 
 
-def _output_spec(arg: Any, model: str, version: str) -> OutputSpec:
+def _output_spec(arg: Any, model: str, version: str, labels: list[Any] | None = None) -> OutputSpec:
     kind_type: str = arg.type
+    if labels is not None:  # a ZipMap's, served from its input (`artifacts.zipmap`)
+        return OutputSpec(arg.name, "seq_map", "FP32", tuple(labels))
     if kind_type in ORT_DATATYPES:
         return OutputSpec(arg.name, "tensor", ORT_DATATYPES[kind_type])
     if kind_type.startswith("seq(map("):

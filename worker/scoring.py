@@ -23,9 +23,12 @@ from worker.settings import DEFAULT_MAX_BATCH_ROWS, Settings
 
 log = structlog.get_logger("streamscore.worker")
 
+PIPELINE = 2  # batches out to the model thread at once: the one it scores, and the next
+Scored = asyncio.Queue[tuple[Batch[Item], "asyncio.Future[list[Outcome]]"]]  # batches out, in the order they closed
+
 
 class ScoreLoop:
-    """Batches items and scores the batches, one at a time, in `executor`."""
+    """Batches items and scores the batches in `executor`, the next one queued while one runs."""
 
     def __init__(
         self,
@@ -62,13 +65,36 @@ class ScoreLoop:
         return not len(self.batcher) and not self.ready
 
     async def run(self) -> None:
-        """Score batches as they close, forever (cancelled at shutdown)."""
+        """Score batches as they close, forever (cancelled at shutdown).
+
+        The next batch goes to the model thread while the last one's outcomes are sent: the thread
+        starts it the moment it is free, instead of idling while the loop takes the outcomes and
+        closes another batch (13 % of its time for the bench's CNN). At most `PIPELINE` batches
+        are out; the thread scores them in turn, so outcomes are sent in the order batches closed.
+        """
+        scored: Scored = asyncio.Queue()
+        room = asyncio.Semaphore(PIPELINE)
+        try:
+            async with asyncio.TaskGroup() as group:  # one fails: the other is cancelled, and run() raises
+                group.create_task(self._submit(scored, room))
+                group.create_task(self._send_in_turn(scored, room))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+    async def _submit(self, scored: Scored, room: asyncio.Semaphore) -> None:
         while True:
+            await room.acquire()
             batch = await self.next_batch()
             self.observer.started(batch)
-            outcomes = await self.outcomes_of(batch)
+            scored.put_nowait((batch, asyncio.ensure_future(self.outcomes_of(batch))))
+
+    async def _send_in_turn(self, scored: Scored, room: asyncio.Semaphore) -> None:
+        while True:
+            batch, outcomes = await scored.get()
+            done = await outcomes
             self.observer.scored(batch)
-            for outcome in outcomes:
+            room.release()
+            for outcome in done:
                 await self.send(self.observer.outgoing(outcome))
 
     async def outcomes_of(self, batch: Batch[Item]) -> list[Outcome]:

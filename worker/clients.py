@@ -28,6 +28,9 @@ PRODUCER_MAX_BATCH_BYTES = 262_144
 # as at 2-20 ms, 32-row ones at 94 % of 5 ms's rows/s (0 ms: 71 %), and p50 is 2.6 ms below 5 ms's
 PRODUCER_LINGER_MS = 2
 FETCH_MAX_BYTES = 52_428_800  # aiokafka's (and Kafka's) default
+PARTITION_FETCH_BYTES = (
+    1_048_576  # a partition's share of a fetch: Kafka's default (`python -m bench.tuning --fetch-kib`)
+)
 
 
 class Clients(Protocol):
@@ -78,7 +81,7 @@ class KafkaClients:
             isolation_level="read_committed",
             # what a fetch may bring is part of the memory in flight: a quarter of its bound, at most Kafka's default
             fetch_max_bytes=max(s.max_record_bytes, min(FETCH_MAX_BYTES, s.max_in_flight_bytes // 4)),
-            max_partition_fetch_bytes=max(1_048_576, s.max_record_bytes),
+            max_partition_fetch_bytes=max(PARTITION_FETCH_BYTES, s.max_record_bytes),
             request_timeout_ms=max(s.request_timeout_ms, s.session_timeout_ms + 5000),
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(100, s.session_timeout_ms // 3),

@@ -29,6 +29,7 @@ from bench.stages import StageClock
 from bench.streamscore import TimedWorker, run_burst, wait_assigned, worker_settings
 from bench.timing import Span
 from transport.admin import create_topics
+from worker.runner import freeze_heap
 
 Progress = Callable[[str], None]
 MEMORY_SAMPLE_S = 0.1
@@ -50,6 +51,7 @@ async def measure(
     progress(f"{scenario.name}: producing {records:,} requests of {rows} row(s)")
     await cluster.produce_requests(bootstrap, topic, scenario, records)
 
+    freeze_heap()  # every contender runs on a frozen heap, as a worker process does once it started
     progress(f"{scenario.name}: echo")
     echo = await loops.run_echo(bootstrap, topic, cluster.unique("echo"), outs["echo"], records, rows)
     naive = Span()

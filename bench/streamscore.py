@@ -57,6 +57,7 @@ class TimedWorker(Worker):
     def __init__(self, settings: Settings, rows: int, on_result: Callable[[bytes, float], None] | None = None):
         self.timing = Timing(rows, on_result)
         super().__init__(settings, observer=self.timing)
+        self.freeze_heap = True  # as a worker process does (worker.runner.freeze_heap)
         self.span = self.timing.span
         self.batch_rows = self.timing.batch_rows
 

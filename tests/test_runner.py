@@ -269,3 +269,22 @@ async def test_a_paused_worker_still_polls_now_and_then(model_root: Path, cluste
         skew[0] += 2.0
         await until(lambda: consumer.fetches > before)
         assert 8 == worker.in_flight
+
+
+async def test_a_worker_process_freezes_its_startup_heap_before_it_fetches(
+    model_root: Path, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`freeze_heap` (set by a worker process's entry) freezes once, after startup (model loaded, group
+    joined) and before the first record is taken; a worker left as tests make it never freezes."""
+    send_requests(cluster, 3)
+    frozen: list[int] = []
+    worker = Worker(settings_for(model_root, burst=True), clients=FakeClients(cluster))
+    monkeypatch.setattr("worker.runner.freeze_heap", lambda: frozen.append(worker.observer.counts["results"]))
+    worker.freeze_heap = True
+
+    assert 0 == await asyncio.wait_for(worker.run(), 30)
+    assert [0] == frozen and 3 == worker.observer.counts["results"]
+
+    unfrozen = Worker(settings_for(model_root, burst=True), clients=FakeClients(cluster))
+    assert 0 == await asyncio.wait_for(unfrozen.run(), 30)
+    assert [0] == frozen

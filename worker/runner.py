@@ -15,6 +15,7 @@ has its result or dead letter acknowledged. What happens when partitions go and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,7 @@ class Worker(Ownership):
         self.control: ControlFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._polled_at = clock()
+        self.freeze_heap = False  # a worker process's entry sets it (`freeze_heap`); tests leave their heap alone
 
     @property
     def in_flight(self) -> int:
@@ -108,6 +110,8 @@ class Worker(Ownership):
         """Start, work until stopped or drained, shut down. Returns the process exit code."""
         try:
             await self.startup()
+            if self.freeze_heap:
+                freeze_heap()
             await self.main_loop()
         finally:
             drained = await self.shutdown()
@@ -393,3 +397,18 @@ class Worker(Ownership):
         was acknowledged are committed; from the record that failed on, nothing is."""
         self.fatal = error
         self.request_stop()
+
+
+def freeze_heap() -> None:
+    """Collect once, then keep what startup built (modules, the model's session, the clients) out of
+    every later garbage collection.
+
+    CPython's full collections walk every tracked object; in a worker most of them are the modules
+    and objects loaded at startup, which live as long as the process. Measured with two worker
+    processes on single-row requests (`python -m bench --scenarios two-process-mlp`, two runs each
+    side): 32.5k, 32.7k -> 39.5k, 39.0k rows/s, and p99 at half the peak rate 113, 87 -> 48, 64 ms;
+    in one process, each of the run's 39 full collections took 33 ms on average, up to 87 ms.
+    Objects made later are collected as before; a frozen object is still freed when its count drops.
+    """
+    gc.collect()
+    gc.freeze()

@@ -75,6 +75,7 @@ async def _serve(settings: Settings, reports: Path | None, exporters: tuple[str,
     tracing = start_tracing(exporters)
     traced = tracing.observer(observer or Observer(), settings.group_id) if tracing is not None else None
     worker = make_worker(settings, observer=traced or observer)
+    worker.freeze_heap = True  # this process is the worker's own: its startup heap lives as long as it
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)  # idempotent
     try:
         if observer is None:

@@ -405,9 +405,9 @@ def freeze_heap() -> None:
 
     CPython's full collections walk every tracked object; in a worker most of them are the modules
     and objects loaded at startup, which live as long as the process. Measured with two worker
-    processes on single-row requests (`python -m bench --scenarios two-process-mlp`, two runs each
-    side): 32.5k, 32.7k -> 39.5k, 39.0k rows/s, and p99 at half the peak rate 113, 87 -> 48, 64 ms;
-    in one process, each of the run's 39 full collections took 33 ms on average, up to 87 ms.
+    processes on single-row requests (`python -m bench --scenarios two-process-mlp`, four
+    interleaved pairs): 32.4k-34.8k -> 36.1k-39.5k rows/s, and p99 at half the peak rate 87-113 ->
+    46-64 ms; in one process, each of a run's 39 full collections took 33 ms on average, up to 87 ms.
     Objects made later are collected as before; a frozen object is still freed when its count drops.
     """
     gc.collect()

@@ -4,6 +4,7 @@ sends outcomes in the order batches closed, and fails as a whole when sending fa
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from worker.batcher import Batch
 from worker.observe import Observer
 from worker.scoring import PIPELINE, ScoreLoop
 from worker.settings import Settings
@@ -83,3 +85,38 @@ async def test_a_send_that_fails_ends_run_with_its_error() -> None:
         loop.add(FakeItem("a", FakeModel()))  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="cannot send outcome-a"):
             await asyncio.wait_for(loop.run(), 5)
+
+
+async def test_a_batchs_run_time_leaves_out_its_wait_behind_the_batch_before() -> None:
+    """`ran_s` (what the inference histogram observes) is the batch's own run: b, queued while a is
+    held for 0.3 s, runs in no time; measured from when it went out it would be 0.3 s or more."""
+    hold = threading.Event()
+    ran: dict[str, float] = {}
+
+    class Noting(Observer):
+        def scored(self, batch: Batch[Any]) -> None:
+            ran[batch.items[0].name] = batch.ran_s
+
+    def score(items: list[FakeItem]) -> list[str]:
+        if items[0].name == "a":
+            hold.wait(5)
+        return [f"outcome-{item.name}" for item in items]
+
+    async def send(outcome: str) -> None:
+        return None
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        loop = ScoreLoop(Settings(), executor, send, time.monotonic, Noting())
+        loop.score = score  # type: ignore[assignment]
+        for name in "ab":
+            loop.add(FakeItem(name, FakeModel()))  # type: ignore[arg-type]
+        task = asyncio.create_task(loop.run())
+        await asyncio.sleep(0.3)
+        hold.set()
+        async with asyncio.timeout(5):
+            while len(ran) < 2:
+                await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert ran["a"] >= 0.3 > ran["b"]

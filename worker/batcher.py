@@ -17,6 +17,7 @@ class Batch(Generic[T]):
     items: list[T] = field(default_factory=list)
     rows: int = 0
     opened: float = 0.0
+    ran_s: float = 0.0  # how long its scoring took in the model thread (set by the score loop)
 
 
 class MicroBatcher(Generic[T]):

@@ -94,14 +94,13 @@ class MetricsObserver(Observer):
         self.wall = wall
         self.rebalances = 0
         self._fetched_at: dict[tuple[str, int, int], float] = {}  # in-flight records: when fetched
-        self._started_at = 0.0
 
     def consumed(self, record: Record) -> None:
         self.metrics.consumed.labels(record.topic).inc()
         self._fetched_at[_key(record)] = self.clock()
 
     def started(self, batch: Batch[Item]) -> None:
-        self._started_at = now = self.clock()
+        now = self.clock()
         model = batch.items[0].model
         queue = self.metrics.queue.labels(model.name, model.version)
         for item in batch.items:
@@ -113,7 +112,7 @@ class MetricsObserver(Observer):
         super().scored(batch)
         model = batch.items[0].model
         self.metrics.batch_rows.labels(model.name, model.version).observe(batch.rows)
-        self.metrics.inference.labels(model.name, model.version).observe(self.clock() - self._started_at)
+        self.metrics.inference.labels(model.name, model.version).observe(batch.ran_s)  # the run, not its wait
 
     def released(self, record: Record) -> None:
         super().released(record)

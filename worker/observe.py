@@ -24,10 +24,10 @@ class Observer:
         """A record was fetched."""
 
     def started(self, batch: Batch[Item]) -> None:
-        """A batch is about to go through the model."""
+        """A batch closed and goes to the model thread (where it may wait behind the batch being scored)."""
 
     def scored(self, batch: Batch[Item]) -> None:
-        """A batch went through the model."""
+        """A batch went through the model (`batch.ran_s`: how long its run took, without the wait)."""
         self.counts["rows"] += batch.rows
 
     def outgoing(self, outcome: Outcome) -> Outcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -97,11 +98,19 @@ class ScoreLoop:
             for outcome in done:
                 await self.send(self.observer.outgoing(outcome))
 
+    def _timed(self, batch: Batch[Item]) -> list[Outcome]:
+        """Score in the model thread, noting how long it took (the batch may have waited behind another)."""
+        started = time.perf_counter()
+        try:
+            return self.score(batch.items)
+        finally:
+            batch.ran_s = time.perf_counter() - started
+
     async def outcomes_of(self, batch: Batch[Item]) -> list[Outcome]:
         """Score `batch` in the model thread; if that raises, every record's dead letter with the error."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.executor, self.score, batch.items)
+            return await loop.run_in_executor(self.executor, self._timed, batch)
         except Exception as error:  # a failed score loop would stop the worker: a crash loop on restart
             model = batch.items[0].model
             log.error(

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,3 +225,10 @@ def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> in
     """SIGTERM a worker subprocess and wait for its exit code."""
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=timeout_s)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until `condition()` holds (what the test started runs meanwhile); TimeoutError past `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.002)

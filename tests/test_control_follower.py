@@ -11,6 +11,7 @@ import pytest
 import worker.control
 from schemas.control import DesiredState, encode_state
 from tests.fakes import FakeCluster, FakeReader
+from tests.harness import until
 from worker.control import ControlFollower
 
 TOPIC = "control"
@@ -36,13 +37,6 @@ def publish(cluster: FakeCluster, model: str, current: str) -> None:
 
 def follower_over(cluster: FakeCluster, applied: Applied) -> ControlFollower:
     return ControlFollower(FakeReader(cluster), TOPIC, applied, retry_s=0.01)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait until `condition()` holds (the follower runs meanwhile)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from schemas import headers as h
 from schemas.codec import decode_response, encode_request
 from schemas.control import DesiredState, encode_state
 from tests.fakes import FakeClients, FakeCluster
+from tests.harness import until
 from worker.outcomes import Item, Outcome
 from worker.runner import Worker
 from worker.settings import Settings
@@ -95,13 +96,6 @@ async def running(worker: Worker, clients: FakeClients) -> AsyncIterator[list[in
         if clients.made_producer is not None:
             clients.made_producer.release()
         code.append(await asyncio.wait_for(task, 30))
-
-
-async def until(condition: object, timeout_s: float = 10.0) -> None:
-    """Wait until `condition()` holds (the worker runs meanwhile)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.005)
 
 
 async def test_burst_scores_every_record_and_commits_the_end(model_root: Path, cluster: FakeCluster) -> None:

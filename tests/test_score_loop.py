@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import until
 from worker.batcher import Batch
 from worker.observe import Observer
 from worker.scoring import PIPELINE, ScoreLoop
@@ -43,6 +44,13 @@ def make_loop(executor: ThreadPoolExecutor, send: Any, scored: list[str]) -> Sco
     return loop
 
 
+async def cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel the score loop as the worker does at shutdown; it ends cancelled."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_the_next_batch_is_scored_while_the_last_ones_outcomes_are_sent() -> None:
     """Sending batch a's outcome blocks; b and c are scored meanwhile (two out at most: b, then c once
     a's room is freed), and outcomes leave in the order the batches closed."""
@@ -60,17 +68,11 @@ async def test_the_next_batch_is_scored_while_the_last_ones_outcomes_are_sent() 
         for name in "abcd":
             loop.add(FakeItem(name, FakeModel()))  # type: ignore[arg-type]
         task = asyncio.create_task(loop.run())
-        async with asyncio.timeout(5):
-            while len(scored) < 1 + PIPELINE:
-                await asyncio.sleep(0.001)
+        await until(lambda: len(scored) >= 1 + PIPELINE, 5)
         assert ["a", "b", "c"] == scored and [] == sent  # a's send is held: b and c went on
         release.set()
-        async with asyncio.timeout(5):
-            while len(sent) < 4:
-                await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await until(lambda: len(sent) >= 4, 5)
+        await cancelled(task)
     assert ["outcome-a", "outcome-b", "outcome-c", "outcome-d"] == sent
 
 
@@ -113,10 +115,6 @@ async def test_a_batchs_run_time_leaves_out_its_wait_behind_the_batch_before() -
         task = asyncio.create_task(loop.run())
         await asyncio.sleep(0.3)
         hold.set()
-        async with asyncio.timeout(5):
-            while len(ran) < 2:
-                await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await until(lambda: len(ran) >= 2, 5)
+        await cancelled(task)
     assert ran["a"] >= 0.3 > ran["b"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from schemas.errors import (
 )
 from schemas.records import InputRecord
 from tests.fakes import FakeClients, FakeCluster, FakeShareGroup, FakeShareSource
+from tests.harness import until
 from transport.connection import Connection
 from worker.outcomes import DeadLetter
 from worker.settings import Settings
@@ -253,12 +253,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_records_not_settled_within_half_the_lock_are_released_then_scored_again(

@@ -20,7 +20,7 @@ import pytest
 
 from schemas import headers as h
 from tests.chaos.scenario import AT_LEAST_ONCE, Chaos
-from tests.chaos.traffic import spin
+from tests.chaos.traffic import Stream, spin
 from tests.chaos.workers import Workers, worker_pid
 from tests.harness import read_topic
 
@@ -40,6 +40,15 @@ async def share_world(chaos: Any, scenario: str, model_root: Path | None = None)
     c: Chaos = await chaos(scenario, AT_LEAST_ONCE, partitions=2, model_root=model_root)
     await c.watch()
     return c
+
+
+async def share_run(c: Chaos, processes: int, stream: Stream, **settings: Any) -> tuple[Workers, list[int], Stream]:
+    """Start `processes` share workers (MAX_RECORDS a poll, `settings` beside), wait until each has
+    started, then start `stream`: the workers, their pids, the stream."""
+    workers = c.start_workers(processes, consumption="share", share_max_records=MAX_RECORDS, **settings)
+    pids = await workers.ready(processes)
+    stream.start()
+    return workers, pids, stream
 
 
 def scored_by(workers: Workers) -> dict[int, int]:
@@ -73,10 +82,7 @@ async def test_six_share_workers_on_two_partitions_all_score(chaos: Any) -> None
     """
     c = await share_world(chaos, "share: 6 processes, 2 partitions")
     count_, rate = c.tier.pick((3000, 400), (20_000, 800))
-    workers = c.start_workers(processes=6, consumption="share", share_max_records=MAX_RECORDS)
-    await workers.ready(6)
-    stream = c.stream(count_, rate)
-    stream.start()
+    workers, _, stream = await share_run(c, 6, c.stream(count_, rate))
 
     unscored = await c.flowed(stream, FLOW_TIMEOUT_S)
     codes = await c.stop_workers()
@@ -118,12 +124,8 @@ async def test_sigkill_a_share_worker_mid_stream(chaos: Any, slow_root: Path) ->
     c = await share_world(chaos, "share: sigkill 1 of 3", model_root=slow_root)
     await set_share_group(c.bootstrap, c.group, {"share.record.lock.duration.ms": str(SHORT_LOCK_MS)})
     count_, rate = c.tier.pick((3000, 1000), (10_000, 1000))
-    workers = c.start_workers(
-        processes=3, consumption="share", share_max_records=MAX_RECORDS, model_name="slow", max_batch_rows=1
-    )
-    pids = await workers.ready(3)
-    stream = c.stream(count_, rate, value_of=spin(SLOW_TURNS), max_batch_bytes=SMALL_BATCH_BYTES)
-    stream.start()
+    slow = c.stream(count_, rate, value_of=spin(SLOW_TURNS), max_batch_bytes=SMALL_BATCH_BYTES)
+    workers, pids, stream = await share_run(c, 3, slow, model_name="slow", max_batch_rows=1)
 
     assert c.outputs is not None
     await c.outputs.wait_for_count(count_ * 3 // 10, FLOW_TIMEOUT_S)  # assigned (a few seconds) and busy
@@ -171,10 +173,7 @@ async def test_share_coordinator_broker_killed_mid_stream(chaos: Any) -> None:
     """
     c = await share_world(chaos, "share: coordinator killed 20 s")
     count_, rate = c.tier.pick((3000, 300), (20_000, 800))
-    workers = c.start_workers(processes=3, consumption="share", share_max_records=MAX_RECORDS)
-    await workers.ready(3)
-    stream = c.stream(count_, rate)
-    stream.start()
+    workers, _, stream = await share_run(c, 3, c.stream(count_, rate))
 
     await stream.reached(0.5)
     victim = await c.nodes.leader_of(SHARE_STATE_TOPIC)

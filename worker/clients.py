@@ -72,12 +72,11 @@ class KafkaClients:
         """The group consumer of the input topic and its retry topics (commits by hand); `rebalance`
         hears of partitions that go and come."""
         s = settings
-        consumer = AIOKafkaConsumer(
+        consumer = GroupMember(
             **s.kafka_options(),
             group_id=s.group_id,
             client_id=f"streamscore-{s.worker_name}",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
             isolation_level="read_committed",
             # what a fetch may bring is part of the memory in flight: a quarter of its bound, at most Kafka's default
             fetch_max_bytes=max(s.max_record_bytes, min(FETCH_MAX_BYTES, s.max_in_flight_bytes // 4)),
@@ -141,6 +140,31 @@ def _producer_options(settings: Settings, limits: Mapping[str, int]) -> dict[str
         "request_timeout_ms": settings.request_timeout_ms,
         "client_id": f"streamscore-{settings.worker_name}",
     }
+
+
+class GroupMember(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no type hints
+    """aiokafka's group consumer, reading a partition with no committed offset from its beginning,
+    and rewinding to it as well (`seek_to_committed`)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options, auto_offset_reset="earliest")
+
+    async def seek_to_committed(self, *partitions: TopicPartition) -> dict[TopicPartition, int | None]:
+        """Each partition to its group's committed offset, or to its beginning when none is committed.
+
+        aiokafka's own seeks only to a committed offset above 0 and otherwise leaves the position
+        where it is. Exactly once, a partition whose first transaction was aborted (a broker outage
+        longer than the transaction timeout) has no committed offset: the records of that
+        transaction were past the position, and were never read again (tests/test_clients_kafka.py).
+        """
+        committed: dict[TopicPartition, int | None] = {}
+        for partition in partitions:
+            offset = committed[partition] = await self.committed(partition)
+            if offset is None:
+                await self.seek_to_beginning(partition)
+            else:
+                self.seek(partition, offset)
+        return committed
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.config import MODEL_VERSION
 from bench.timing import Span
+from transport.partitioner import PARTITIONER
 from worker.clients import PRODUCER_LINGER_MS, PRODUCER_MAX_BATCH_BYTES
 from worker.flow import FETCH_MAX_RECORDS
 from worker.runner import FETCH_TIMEOUT_MS
@@ -55,6 +56,7 @@ def streamscore_producer(bootstrap: str) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=PRODUCER_LINGER_MS,
         max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        partitioner=PARTITIONER,
     )
 
 
@@ -81,6 +83,7 @@ async def run_echo(
             if assigned is not None and consumer.assignment():
                 assigned.set()
             futures, keys = [], []
+            PARTITIONER.prime([record.key for records in batches.values() for record in records])
             for records in batches.values():
                 for record in records:
                     span.consumed()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 
 from demo.models import install_model, make_expanding_model, make_failing_model, make_fixed_batch_model, make_mlp
 from schemas import headers as h
@@ -282,17 +283,21 @@ async def test_dead_letter_that_cannot_be_written_waits_and_leaves_the_offset_un
 
 
 async def test_every_id_once_across_many_records_and_partitions(settings: Settings, topics: dict[str, str]) -> None:
-    """Two thousand requests over three partitions, some with several rows: one result each."""
+    """Two thousand requests over three partitions, some with several rows: one result each, on the
+    partition of its key as Java's client would place it (murmur2, the hashes computed a batch at a time)."""
     records = [Out(f"ok-{i}".encode(), good(i, rows=1 + i % 3)) for i in range(2000)]
     await produce(settings.bootstrap_servers, topics["input"], records)
 
     assert 0 == await run_burst(settings.replace(max_batch_rows=64))
 
-    results = responses(await read_topic(settings.bootstrap_servers, topics["results"], expect=2000))
+    read = await read_topic(settings.bootstrap_servers, topics["results"], expect=2000)
+    results = responses(read)
     counts = Counter(r.id for r in results)
     assert {f"ok-{i}" for i in range(2000)} == set(counts)
     assert {1} == set(counts.values())
     assert all(r.output("probabilities").data.shape == (1 + int(r.id[3:]) % 3, 3) for r in results)
+    misplaced = [r.key for r in read if r.partition != (murmur2(r.key) & 0x7FFFFFFF) % PARTITIONS]
+    assert [] == misplaced, "results not on the partition Kafka's default partitioner gives their key"
 
 
 async def test_a_result_too_large_for_kafka_dead_letters_its_request_at_the_produce_stage(

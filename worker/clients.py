@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.errors import BrokerUnavailableError
 from transport.limits import DEFAULT_MAX_MESSAGE_BYTES, topic_limits
+from transport.partitioner import PARTITIONER
 from transport.reading import TopicReader
 from transport.seams import GroupConsumer, Producer, Reader, Rebalance, TransactionalProducer
 from worker.policy import NOT_AUTHORIZED, access_refused
@@ -139,6 +140,7 @@ def _producer_options(settings: Settings, limits: Mapping[str, int]) -> dict[str
         "compression_type": None if settings.compression == "none" else settings.compression,
         "request_timeout_ms": settings.request_timeout_ms,
         "client_id": f"streamscore-{settings.worker_name}",
+        "partitioner": PARTITIONER,  # aiokafka's placement, the score loop's keys hashed a batch at a time
     }
 
 

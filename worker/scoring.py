@@ -16,9 +16,10 @@ from concurrent.futures import Executor
 
 import structlog
 
+from transport.partitioner import PARTITIONER
 from worker.batcher import Batch, MicroBatcher
 from worker.observe import Observer
-from worker.outcomes import Item, Outcome
+from worker.outcomes import Item, Outcome, Result
 from worker.pipeline import score_batch, unscored
 from worker.settings import DEFAULT_MAX_BATCH_ROWS, Settings
 
@@ -95,6 +96,7 @@ class ScoreLoop:
             done = await outcomes
             self.observer.scored(batch)
             room.release()
+            PARTITIONER.prime([outcome.key for outcome in done if isinstance(outcome, Result)])
             for outcome in done:
                 await self.send(self.observer.outgoing(outcome))
 

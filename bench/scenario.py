@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import cluster, loops
 from bench.config import BenchConfig, Scenario
-from bench.latency import Latency, LatencyLog, trickle
+from bench.latency import GcPauses, Latency, LatencyLog, trickle
 from bench.models import MODELS, make_requests
 from bench.ort import measure_ort
 from bench.processes import run_processes
@@ -210,6 +210,7 @@ async def _latencies(
         await create_topics(bootstrap, [topic, out], config.partitions)
         progress(f"{scenario.name}: latency of {contender} at {rate:,.0f} requests/s")
         requests, log = _trickle_requests(scenario, config, rate), LatencyLog()
+        freeze_heap()  # the requests (a tuple each) are not garbage: no full collection walks them
         if contender == "streamscore":
             group = cluster.unique("ss-trickle")
             settings = worker_settings(bootstrap, topic, out, group, model_root, MODELS[scenario.model].name)
@@ -250,12 +251,13 @@ async def _trickle_to(
     bootstrap: str,
 ) -> Latency:
     """Trickle requests into `topic` once the contender is assigned; stop it; the latencies it logged."""
-    try:
-        order = await trickle(bootstrap, topic, requests, rate, log, assigned)
-    finally:
-        stop()
-        await running
-    return log.summary(order)
+    with GcPauses() as pauses:
+        try:
+            order = await trickle(bootstrap, topic, requests, rate, log, assigned)
+        finally:
+            stop()
+            await running
+    return log.summary(order, pauses)
 
 
 def _trickle_requests(scenario: Scenario, config: BenchConfig, rate: float) -> list[Any]:
@@ -265,10 +267,11 @@ def _trickle_requests(scenario: Scenario, config: BenchConfig, rate: float) -> l
     return make_requests(MODELS[scenario.model], count, scenario.rows_per_request, scenario.binary, seed=2)
 
 
-def _latency_dict(latency: Latency) -> dict[str, float]:
+def _latency_dict(latency: Latency) -> dict[str, Any]:
     return {
         "p50_ms": round(latency.p50, 2),
         "p99_ms": round(latency.p99, 2),
         "p999_ms": round(latency.p999, 2),
         "samples": latency.samples,
+        "gc": dict(latency.gc),
     }

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 WARMUP_FRACTION = 0.1  # the first requests pay for connections and caches: left out
 DRAIN_TIMEOUT_S = 30.0
-KEPT_FUTURES = 1_000  # sends whose acknowledgement is awaited at once; done ones are dropped from then on
+KEPT_FUTURES = 1_000  # every this many sends, the futures of those acknowledged are checked and dropped
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ async def trickle(
             log.sent[key] = time.perf_counter()
             order.append(key)
             futures.append(await producer.send(topic, value=value, key=key, headers=headers[0] if headers else None))
-            if len(futures) >= KEPT_FUTURES:  # the contender shares this process's garbage collector
+            if index % KEPT_FUTURES == KEPT_FUTURES - 1:  # the contender shares this process's collector
                 await asyncio.gather(*(f for f in futures if f.done()))  # raises a failed send's error
                 futures = [f for f in futures if not f.done()]
         await asyncio.gather(*futures)
